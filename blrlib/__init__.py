@@ -1,0 +1,36 @@
+"""blrlib: the Bayesian learning rule as a small library.
+
+Candidate families (:mod:`blrlib.families`), the generic step (:mod:`blrlib.rule`), estimators of the
+expectations it needs (:mod:`blrlib.estimators`), classical reference algorithms
+(:mod:`blrlib.classical`), symbolic derivations (:mod:`blrlib.symbolic`), one device helper
+(:mod:`blrlib.device`) and optimizers for PyTorch (:mod:`blrlib.optim`).
+"""
+
+from . import classical, estimators, families, rule
+from .device import large_problems, pick_device, seed_everything
+from .estimators import delta_method, expectation_gradient, gauss_newton, monte_carlo
+from .families import Bernoulli, DiagonalGaussian, ExponentialFamily, FixedCovarianceGaussian, FullGaussian
+from .rule import blr_step, run_blr
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bernoulli",
+    "DiagonalGaussian",
+    "ExponentialFamily",
+    "FixedCovarianceGaussian",
+    "FullGaussian",
+    "blr_step",
+    "run_blr",
+    "delta_method",
+    "monte_carlo",
+    "gauss_newton",
+    "expectation_gradient",
+    "pick_device",
+    "seed_everything",
+    "large_problems",
+    "classical",
+    "estimators",
+    "families",
+    "rule",
+]
