@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch
-from torch.func import grad, hessian, vmap
+from torch.func import grad, jacrev, vmap
 
 from ._validation import check_finite
 from .families import Bernoulli, DiagonalGaussian, FixedCovarianceGaussian, FullGaussian
@@ -42,6 +42,14 @@ __all__ = [
 ]
 
 Loss = Callable[[torch.Tensor], torch.Tensor]
+
+
+def hessian(loss: Loss) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The Hessian of ``loss`` by reverse-over-reverse differentiation (``jacrev(grad)``).
+
+    ``torch.func.hessian`` uses forward mode, whose first use makes PyTorch print a deprecation
+    warning; two reverse passes give the same matrix without it."""
+    return jacrev(grad(loss))
 _HESSIAN_KINDS = ("full", "diagonal", "none")
 
 

@@ -1,0 +1,119 @@
+"""The generic rule: its algebra, its special cases, and its refusals."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import blrlib
+from blrlib.estimators import expectation_gradient
+
+from conftest import random_family, random_spd
+
+
+def _quadratic(d, gen):
+    hess = random_spd(d, gen)
+    b = torch.randn(d, generator=gen, dtype=torch.float64)
+    return hess, b, (lambda th: 0.5 * th @ hess @ th - b @ th)
+
+
+@pytest.mark.parametrize("name", ["diagonal", "full", "bernoulli", "spin"])
+@pytest.mark.parametrize("rho", [0.1, 0.5, 1.0])
+def test_constant_base_measure_form(name, rho, generator):
+    """λ' = (1 − ρ)λ − ρ ∇_μ E_q[ℓ̄] for families with a constant base measure."""
+    q = random_family(name, generator)
+    grads = [0.1 * torch.randn(t.shape, generator=generator, dtype=torch.float64) for t in q.expectation_params]
+    if name == "full":
+        grads[1] = 0.5 * (grads[1] + grads[1].T)
+    if name in ("diagonal", "full"):  # keep the precision positive: a positive-definite Hessian estimate
+        grads[1] = grads[1] @ grads[1].T if name == "full" else grads[1].abs()
+    new = blrlib.blr_step(q, grads, rho)
+    for lam_new, lam, g in zip(new.natural_params, q.natural_params, grads):
+        assert_close(lam_new, (1 - rho) * lam - rho * g, rtol=1e-12, atol=1e-12)
+
+
+def test_fixed_covariance_form_is_gradient_descent(generator):
+    """λ' = λ − ρ ∇_μ E_q[ℓ̄]; with μ = m and λ = m/σ²: m' = m − ρσ² ∇_m."""
+    q = blrlib.FixedCovarianceGaussian.from_mean(torch.randn(4, generator=generator, dtype=torch.float64), variance=0.3)
+    g = torch.randn(4, generator=generator, dtype=torch.float64)
+    new = blrlib.blr_step(q, (g,), 0.2)
+    assert_close(new.mean, q.mean - 0.2 * 0.3 * g, rtol=1e-12, atol=1e-12)
+    assert new.variance == q.variance
+
+
+@pytest.mark.parametrize("rho", [0.3, 1.0])
+def test_full_gaussian_delta_step_is_damped_newton(rho, generator):
+    """S' = (1 − ρ)S + ρ∇²ℓ̄(m), m' = m − ρ S'⁻¹ ∇ℓ̄(m); ρ = 1 is Newton's method."""
+    d = 4
+    q = random_family("full", generator, d)
+    hess, b, loss = _quadratic(d, generator)
+    loss4 = lambda th: loss(th) + 0.25 * (th**4).sum()  # noqa: E731 (a non-quadratic loss)
+    g = torch.func.grad(loss4)(q.mean)
+    h = torch.autograd.functional.hessian(loss4, q.mean)
+    new = blrlib.blr_step(q, expectation_gradient(loss4, q), rho)
+    s_new = (1 - rho) * q.precision + rho * h
+    assert_close(new.precision, s_new, rtol=1e-10, atol=1e-10)
+    assert_close(new.mean, q.mean - rho * torch.linalg.solve(s_new, g), rtol=1e-10, atol=1e-10)
+
+
+def test_conjugate_quadratic_is_solved_in_one_step(generator):
+    """ℓ̄ quadratic ⇒ ρ = 1 gives the exact 'posterior' N(H⁻¹b, H⁻¹) from any start."""
+    d = 3
+    hess, b, loss = _quadratic(d, generator)
+    for _ in range(3):
+        q = random_family("full", generator, d)
+        new = blrlib.blr_step(q, expectation_gradient(loss, q), 1.0)
+        assert_close(new.mean, torch.linalg.solve(hess, b), rtol=1e-10, atol=1e-10)
+        assert_close(new.precision, hess, rtol=1e-10, atol=1e-10)
+
+
+def test_run_blr_records_iterates_and_converges(generator):
+    hess, b, loss = _quadratic(2, generator)
+    q0 = blrlib.FullGaussian.from_mean_precision(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    result = blrlib.run_blr(q0, lambda q: expectation_gradient(loss, q), rho=0.5, num_steps=40)
+    assert len(result.iterates) == 41 and result.iterates[0] is q0
+    assert_close(result.final.mean, torch.linalg.solve(hess, b), rtol=1e-8, atol=1e-8)
+    schedule = blrlib.run_blr(q0, lambda q: expectation_gradient(loss, q), rho=lambda t: 1.0, num_steps=1)
+    assert_close(schedule.final.precision, hess, rtol=1e-10, atol=1e-10)
+
+
+def test_step_does_not_mutate_its_inputs(generator):
+    q = random_family("diagonal", generator)
+    before = [t.clone() for t in q.natural_params]
+    grads = (torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    grads_before = [g.clone() for g in grads]
+    blrlib.blr_step(q, grads, 0.5)
+    for a, b in zip(q.natural_params, before):
+        assert torch.equal(a, b)
+    for a, b in zip(grads, grads_before):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("rho", [0.0, -0.1, 1.5, float("nan"), "big"])
+def test_rho_outside_unit_interval_is_rejected(rho, generator):
+    q = random_family("diagonal", generator)
+    with pytest.raises(ValueError, match=r"rho must"):
+        blrlib.blr_step(q, q.expectation_params, rho)
+
+
+def test_shape_and_structure_mismatch_is_rejected(generator):
+    q = random_family("diagonal", generator)
+    with pytest.raises(ValueError, match=r"grad_expectation must have 2 blocks"):
+        blrlib.blr_step(q, (torch.zeros(3),), 0.5)
+    with pytest.raises(ValueError, match=r"grad_expectation.mean has shape \(2,\)"):
+        blrlib.blr_step(q, (torch.zeros(2), torch.zeros(3)), 0.5)
+
+
+def test_nan_gradient_is_rejected(generator):
+    q = random_family("full", generator)
+    g = [torch.zeros_like(t) for t in q.expectation_params]
+    g[0][1] = float("nan")
+    with pytest.raises(ValueError, match=r"grad_expectation.mean contains NaN"):
+        blrlib.blr_step(q, g, 0.5)
+
+
+def test_step_that_breaks_positive_definiteness_says_so(generator):
+    q = random_family("full", generator)
+    g = [torch.zeros_like(t) for t in q.expectation_params]
+    g[1] = -10.0 * q.precision  # a Hessian estimate so negative that S' is no longer positive definite
+    with pytest.raises(ValueError, match="precision .* must be positive definite"):
+        blrlib.blr_step(q, g, 0.5)
