@@ -1,0 +1,671 @@
+r"""IVON: improved variational online Newton (Shen et al., ICML 2024).
+
+Written from the update equations of the paper and of the Bayesian learning rule
+(Khan & Rue, JMLR 2023); it shares no code with the GPL-licensed ``ivon-opt``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Optional
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _validation as _v
+
+__all__ = ["IVON", "flat_group_noise"]
+
+NoiseFn = Callable[[list, dict], None]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _state_dtype(p: Tensor) -> torch.dtype:
+    """Dtype of the optimizer statistics of ``p``: float32 for 16-bit parameters."""
+    return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+
+
+def flat_group_noise(generator: Optional[torch.Generator] = None) -> NoiseFn:
+    """A ``noise_fn`` that draws one flat ``torch.randn`` per param group.
+
+    The default noise of :class:`IVON` is one ``normal_`` per parameter tensor. This
+    hook instead draws a single vector of standard normals for all sampled parameters
+    of a group, in the order of ``group["params"]``, and splits it; with the same seed
+    it reproduces the draw layout of the ``ivon-opt`` package (when every parameter of
+    the group is sampled), which is how the tests compare the two trajectories.
+    """
+
+    def fn(noises: list, group: dict) -> None:
+        if not noises:
+            return
+        total = sum(n.numel() for n in noises)
+        flat = torch.randn(
+            total, generator=generator, device=noises[0].device, dtype=noises[0].dtype
+        )
+        offset = 0
+        for n in noises:
+            k = n.numel()
+            n.copy_(flat[offset : offset + k].view_as(n))
+            offset += k
+
+    return fn
+
+
+class IVON(Optimizer):
+    r"""Improved Variational Online Newton (IVON), a drop-in replacement for ``ivon.IVON``.
+
+    IVON learns a diagonal Gaussian posterior :math:`q(\theta) = \mathcal N(m, \mathrm{diag}(\sigma^2))`
+    over the weights with the Bayesian learning rule. Per parameter entry, with mean
+    :math:`m` (the model's weights), Hessian estimate :math:`h`, momentum :math:`\bar g`,
+    prior precision :math:`\delta`, effective sample size :math:`\lambda` and step
+    :math:`t`, one iteration is
+
+    .. math::
+
+        \sigma &= 1/\sqrt{\lambda\,(h + \delta)}, \qquad
+        \theta_k = m + \sigma\,\epsilon_k,\quad \epsilon_k \sim \mathcal N(0, I),\quad k = 1..K \\
+        \hat g &= \tfrac1K \textstyle\sum_k \nabla\ell(\theta_k), \qquad
+        \hat h = \tfrac1K \textstyle\sum_k \nabla\ell(\theta_k)\,\epsilon_k / \sigma
+            \quad(\text{Price/Stein};\ \texttt{"gradsq"}:\ \hat h = \lambda\,\tfrac1K\textstyle\sum_k \nabla\ell(\theta_k)^2) \\
+        \bar g &\leftarrow \beta_1 \bar g + (1-\beta_1)\,\hat g \\
+        h &\leftarrow \beta_2 h + (1-\beta_2)\,\hat h
+              + \tfrac12 (1-\beta_2)^2\,(h - \hat h)^2 / (h + \delta) \\
+        m &\leftarrow m - \alpha\,\mathrm{clip}\!\Big(\frac{\bar g/(1-\beta_1^t) + \delta\, m}{h + \delta},
+              \pm r\Big), \qquad \alpha = \eta\,(h_0 + \delta)
+
+    Here :math:`\ell` is the *average* per-example loss of a minibatch (what ``loss.backward()``
+    normally differentiates), so :math:`\lambda\hat h` estimates the Hessian of the
+    summed loss; the last term of the :math:`h` update is the positivity-preserving
+    correction of Lin, Schmidt & Khan (2020), which keeps :math:`h > 0` whatever the
+    sign of :math:`\hat h` (for :math:`\delta \ge 0`).
+
+    Symbols and arguments:
+
+    ============================  ==========================================================
+    :math:`\eta`                   ``lr``
+    :math:`\lambda`                ``ess``: effective sample size, usually the number of
+                                   training examples; the posterior is the one of a data set
+                                   of this size, so :math:`\sigma^2 \approx 1/(\lambda(h+\delta))`
+    :math:`h_0`                    ``hess_init``: initial :math:`h` (the prior's curvature
+                                   guess); with ``rescale_lr`` also sets :math:`\alpha`
+    :math:`\beta_1, \beta_2`       ``beta1``, ``beta2``
+    :math:`\delta`                 ``weight_decay``: prior precision per example; the prior
+                                   is :math:`\mathcal N(0, 1/(\lambda\delta))`
+    :math:`K`                      the number of ``sampled_params(train=True)`` blocks before
+                                   ``step()`` (``mc_samples`` says how many to expect)
+    :math:`r`                      ``clip_radius``
+    ============================  ==========================================================
+
+    ``debias=False`` drops :math:`1-\beta_1^t`; ``rescale_lr=False`` uses :math:`\alpha=\eta`.
+
+    Protocol (the same as ``ivon-opt``)::
+
+        import torch
+        from blrlib.optim import IVON
+        model = torch.nn.Linear(3, 1)
+        X, y = torch.randn(64, 3), torch.randn(64, 1)
+        opt = IVON(model.parameters(), lr=0.1, ess=64)
+        for _ in range(5):
+            with opt.sampled_params(train=True):   # weights are theta = m + sigma * eps here
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(X), y)
+                loss.backward()
+            opt.step()                              # weights are back to m, then updated
+        # prediction with posterior samples:
+        with torch.no_grad(), opt.sampled_params():
+            pred = model(X)
+
+    ``sampled_params`` restores the mean in a ``finally`` block, so an exception inside
+    leaves the model at :math:`m`, and the failed sample is discarded. With
+    ``mc_samples=K`` call it :math:`K` times (each with its own ``backward``) before
+    ``step()``; inside one block several ``backward`` calls accumulate (gradient
+    accumulation) as usual. ``step(closure)`` calls the closure ``mc_samples`` times, each
+    under a fresh sample; the closure must zero the gradients, compute the loss, call
+    ``backward`` and return the loss.
+
+    When gradients are read: the gradient of the *last* sample before ``step()`` is read
+    from ``p.grad`` inside ``step()``, so gradient clipping or unscaling applied to
+    ``p.grad`` after the block is taken into account. Earlier samples (``K > 1``) are
+    folded into running sums when the next sample starts or when
+    :meth:`zero_grad` is called, whichever comes first; do not zero gradients with
+    ``model.zero_grad(set_to_none=False)`` between samples (use ``optimizer.zero_grad()``
+    or zero them inside the block).
+
+    Mixed precision: ``IVON`` supports ``torch.amp.GradScaler`` through the
+    ``_step_supports_amp_scaling`` protocol: ``scaler.step(opt)`` always calls ``step()``,
+    which divides the gradient *and* the Price product by the scale (both were formed
+    from scaled gradients) and skips the update, discarding the samples, when the scaler
+    found an overflow. With ``K > 1`` samples do not call ``scaler.unscale_(opt)``
+    (earlier samples were already folded with scaled gradients; this raises).
+
+    Statistics of float16/bfloat16 parameters (:math:`\bar g`, :math:`h`, :math:`\sigma`, the
+    noise) are kept in float32; float64 parameters keep float64 statistics.
+
+    Keyword-only engineering arguments:
+
+    * ``generator``: a :class:`torch.Generator` for the noise (default: the global RNG
+      of each parameter's device). It must live on the parameters' device.
+    * ``noise_fn``: ``noise_fn(noises, group)`` fills the list of noise buffers (one per
+      sampled parameter of ``group``) in place with standard normal draws; overrides
+      ``generator``. See :func:`flat_group_noise`.
+    * ``skip_nonfinite``: if False (default) a NaN or infinite gradient makes ``step()``
+      raise :class:`ValueError`; if True the step is skipped (the samples are discarded and
+      ``self.skipped_steps`` is incremented). Either way :math:`m`, :math:`h` and
+      :math:`\bar g` are left untouched.
+    * ``process_group``: the group used when ``sync=True`` (default: the world).
+
+    ``sync=True``: in data-parallel training each rank samples its own
+    :math:`\theta_k`; ``step()`` averages :math:`\hat g` and the per-rank Price product
+    :math:`\nabla\ell(\theta_k)\epsilon_k` (or the squared gradient) over ranks with
+    ``all_reduce`` before the update. See :mod:`blrlib.optim.distributed`.
+
+    Read-outs: :meth:`posterior_std` gives :math:`\sigma` per parameter and
+    :meth:`posterior_summary` a per-tensor table (mean/min/max :math:`\sigma`, and how far
+    :math:`h` moved from ``hess_init``).
+
+    Reference: Y. Shen, N. Daheim, B. Cong, P. Nickl, G. M. Marconi, C. Bazan, R. Yokota,
+    I. Gurevych, D. Cremers, M. E. Khan, T. Möllenhoff, "Variational Learning is Effective
+    for Large Deep Networks", ICML 2024 (arXiv 2402.17641).
+    """
+
+    _step_supports_amp_scaling = True
+    hessian_approx_methods = ("price", "gradsq")
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        ess: float,
+        hess_init: float = 1.0,
+        beta1: float = 0.9,
+        beta2: float = 0.99999,
+        weight_decay: float = 1e-4,
+        mc_samples: int = 1,
+        hess_approx: str = "price",
+        clip_radius: float = float("inf"),
+        sync: bool = False,
+        debias: bool = True,
+        rescale_lr: bool = True,
+        *,
+        generator: Optional[torch.Generator] = None,
+        noise_fn: Optional[NoiseFn] = None,
+        skip_nonfinite: bool = False,
+        process_group=None,
+    ):
+        defaults = dict(
+            lr=lr,
+            ess=ess,
+            hess_init=hess_init,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=weight_decay,
+            mc_samples=mc_samples,
+            hess_approx=hess_approx,
+            clip_radius=clip_radius,
+            debias=bool(debias),
+            rescale_lr=bool(rescale_lr),
+        )
+        self._validate_group(defaults)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
+        if noise_fn is not None and not callable(noise_fn):
+            raise ValueError(f"Invalid noise_fn: {noise_fn!r} (must be callable or None)")
+        self.sync = bool(sync)
+        self.generator = generator
+        self.noise_fn = noise_fn
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.process_group = process_group
+        self.skipped_steps = 0
+        # Work buffers (never saved): noise, saved mean, cached sigma, MC sums.
+        self._work: dict = {}
+        self._acc: dict = {}
+        self._pending = False  # a train sample whose gradient is still in p.grad
+        self._folded = 0  # train samples already folded into self._acc
+        self._sampling = False
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ arguments
+    @staticmethod
+    def _validate_group(g: dict) -> None:
+        _v.check_real("lr", g["lr"], low=0.0)
+        _v.check_real("ess", g["ess"], low=0.0, low_open=True)
+        _v.check_real("hess_init", g["hess_init"], low=0.0, low_open=True)
+        _v.check_real("beta1", g["beta1"], low=0.0, high=1.0, high_open=True)
+        _v.check_real("beta2", g["beta2"], low=0.0, high=1.0)
+        _v.check_real("weight_decay", g["weight_decay"], low=0.0)
+        _v.check_int("mc_samples", g["mc_samples"], low=1)
+        _v.check_choice("hess_approx", g["hess_approx"], IVON.hessian_approx_methods)
+        _v.check_real("clip_radius", g["clip_radius"], low=0.0, low_open=True, allow_inf=True)
+
+    def add_param_group(self, param_group: dict) -> None:
+        for k, v in self.defaults.items():
+            param_group.setdefault(k, v)
+        self._validate_group(param_group)
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("_work", {})
+        self.__dict__.setdefault("_acc", {})
+        self.__dict__.setdefault("_pending", False)
+        self.__dict__.setdefault("_folded", 0)
+        self.__dict__.setdefault("_sampling", False)
+
+    # ------------------------------------------------------------------ state
+    def _init_state(self, p: Tensor, group: dict) -> dict:
+        st = self.state[p]
+        if len(st) == 0:
+            dt = _state_dtype(p)
+            st["step"] = torch.zeros((), dtype=torch.float32)
+            st["momentum"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
+            st["hess"] = torch.full_like(p, group["hess_init"], dtype=dt, memory_format=torch.preserve_format)
+        return st
+
+    def _work_for(self, p: Tensor, group: dict) -> dict:
+        """Noise, saved-mean and sigma buffers of ``p``, allocated once."""
+        w = self._work.get(p)
+        st = self._init_state(p, group)
+        if w is None:
+            dt = _state_dtype(p)
+            w = {
+                "noise": torch.empty_like(p, dtype=dt, memory_format=torch.preserve_format),
+                "mean": torch.empty_like(p, memory_format=torch.preserve_format),
+                "sigma": torch.empty_like(p, dtype=dt, memory_format=torch.preserve_format),
+                "key": None,
+            }
+            self._work[p] = w
+        key = (float(group["ess"]), float(group["weight_decay"]))
+        if w["key"] != key:  # sigma = 1/sqrt(ess (h + delta)), recomputed if ess or delta changed
+            self._sigma_from_hess_(w["sigma"], st["hess"], *key)
+            w["key"] = key
+        return w
+
+    @staticmethod
+    def _sigma_from_hess_(out: Tensor, hess: Tensor, ess: float, wd: float) -> None:
+        torch.add(hess, wd, out=out)
+        out.mul_(ess).rsqrt_()
+
+    def _sampled(self, group: dict) -> list:
+        return [p for p in group["params"] if p.requires_grad]
+
+    def _draw_(self, noises: list, group: dict) -> None:
+        if not noises:
+            return
+        if self.noise_fn is not None:
+            self.noise_fn(noises, group)
+            return
+        gen = self.generator
+        if gen is not None and noises[0].device != gen.device and not (
+            noises[0].device.type == gen.device.type and gen.device.index is None
+        ):
+            raise ValueError(
+                f"Invalid generator: on {gen.device}, but parameters are on {noises[0].device}"
+            )
+        for n in noises:
+            n.normal_(generator=gen)
+
+    # ------------------------------------------------------------------ sampling
+    @contextmanager
+    def sampled_params(self, train: bool = False) -> Iterator[None]:
+        """Replace every parameter by a posterior sample ``m + sigma * eps`` inside the block.
+
+        On exit the mean ``m`` is restored exactly (also when the block raises). With
+        ``train=True`` the sample and the gradient computed inside the block are used by
+        the next :meth:`step`; with ``train=False`` (prediction) nothing is recorded.
+        """
+        if self._sampling:
+            raise RuntimeError("IVON.sampled_params() blocks cannot be nested")
+        if train and self._pending:
+            self._fold_pending()
+        transient = (not train) and self._pending  # keep the pending sample's noise
+        touched = []
+        with torch.no_grad():
+            for group in self.param_groups:
+                ps = self._sampled(group)
+                if not ps:
+                    continue
+                ws = [self._work_for(p, group) for p in ps]
+                if transient:
+                    noises = [torch.empty_like(w["noise"]) for w in ws]
+                else:
+                    noises = [w["noise"] for w in ws]
+                means = [w["mean"] for w in ws]
+                sigmas = [w["sigma"] for w in ws]
+                self._draw_(noises, group)
+                torch._foreach_copy_(means, ps)
+                touched.append((ps, means))
+                torch._foreach_addcmul_(ps, noises, sigmas)
+        self._sampling = True
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            with torch.no_grad():
+                for ps, means in touched:
+                    torch._foreach_copy_(ps, means)
+            self._sampling = False
+        if train and ok:
+            self._pending = True
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Fold a finished Monte Carlo sample (if any) into the sums, then zero gradients."""
+        if self._pending and not self._sampling:
+            self._fold_pending()
+        super().zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def _fold_pending(self) -> None:
+        """Add the pending sample's gradient and Price product (or g^2) to the MC sums."""
+        for group in self.param_groups:
+            price = group["hess_approx"] == "price"
+            for p in self._sampled(group):
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if g.is_sparse:
+                    raise RuntimeError("IVON does not support sparse gradients")
+                acc = self._acc.get(p)
+                if acc is None:
+                    dt = _state_dtype(p)
+                    acc = self._acc[p] = {
+                        "grad": torch.zeros_like(p, dtype=dt),
+                        "hsum": torch.zeros_like(p, dtype=dt),
+                    }
+                acc["grad"].add_(g)
+                if price:
+                    acc["hsum"].addcmul_(self._work[p]["noise"], g)
+                else:
+                    acc["hsum"].addcmul_(g, g)
+        self._folded += 1
+        self._pending = False
+
+    def _reset_samples(self) -> None:
+        self._pending = False
+        self._folded = 0
+        for acc in self._acc.values():
+            acc["grad"].zero_()
+            acc["hsum"].zero_()
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+        """Update ``m``, ``h`` and the momentum from the samples taken since the last step.
+
+        With a ``closure``, it is called ``mc_samples`` times, each inside
+        ``sampled_params(train=True)``; the mean of the returned losses is returned.
+        """
+        loss = None
+        if closure is not None:
+            if self._sampling:
+                raise RuntimeError("IVON.step(closure) cannot be called inside sampled_params()")
+            losses = []
+            for _ in range(int(self.defaults["mc_samples"])):
+                with torch.enable_grad(), self.sampled_params(train=True):
+                    losses.append(closure())
+            loss = sum(losses) / len(losses)
+        if self._sampling:
+            raise RuntimeError("IVON.step() called inside a sampled_params() block")
+
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        under_scaler = found_inf is not None
+        if under_scaler and float(found_inf) > 0:
+            self._reset_samples()
+            self.skipped_steps += 1
+            return loss
+        n_samples = self._folded + (1 if self._pending else 0)
+        if n_samples == 0:
+            raise RuntimeError(
+                "IVON.step() needs at least one `with optimizer.sampled_params(train=True):` "
+                "block (forward and backward inside) since the last step"
+            )
+        if under_scaler and grad_scale is None and self._folded > 0:
+            self._reset_samples()
+            raise RuntimeError(
+                "IVON with several MC samples under a GradScaler: do not call scaler.unscale_() "
+                "before scaler.step(); IVON unscales its Monte Carlo sums itself"
+            )
+        inv_scale = 1.0 / float(grad_scale) if grad_scale is not None else 1.0
+
+        # Phase 1: gather g and the Hessian statistic for each group (nothing of m, h touched).
+        plans = []
+        for group in self.param_groups:
+            plan = self._gather(group)
+            if plan is not None:
+                plans.append((group, plan))
+        if self.sync:
+            from .distributed import all_reduce_mean_
+
+            world = all_reduce_mean_(
+                [t for _, pl in plans for t in pl["grads"] + pl["hstats"]], self.process_group
+            )
+        else:
+            world = 1
+        bad = self._nonfinite([t for _, pl in plans for t in pl["hstats"] + pl["grads_check"]])
+        if bad:
+            self._reset_samples()
+            if self.skip_nonfinite or under_scaler:
+                self.skipped_steps += 1
+                return loss
+            raise ValueError(
+                "IVON.step(): non-finite (NaN or inf) gradient; the step was not taken and m, h "
+                "are unchanged (pass skip_nonfinite=True to skip such steps instead)"
+            )
+        scale = inv_scale / n_samples
+        # Phase 2: update.
+        for group, plan in plans:
+            self._update_group(group, plan, scale)
+        self._reset_samples()
+        return loss
+
+    def _gather(self, group: dict) -> Optional[dict]:
+        price = group["hess_approx"] == "price"
+        params, grads, hstats, works, checks = [], [], [], [], []
+        use_acc = self._folded > 0 or self.sync
+        for p in self._sampled(group):
+            g = p.grad if self._pending else None
+            if g is not None:
+                if g.is_sparse:
+                    raise RuntimeError("IVON does not support sparse gradients")
+                if g.dtype != _state_dtype(p):
+                    g = g.to(_state_dtype(p))
+            acc = self._acc.get(p)
+            if g is None and (acc is None or self._folded == 0):
+                continue  # no gradient for this parameter in any sample: skip it
+            w = self._work[p]
+            if use_acc:
+                if acc is None:
+                    dt = _state_dtype(p)
+                    acc = self._acc[p] = {
+                        "grad": torch.zeros_like(p, dtype=dt),
+                        "hsum": torch.zeros_like(p, dtype=dt),
+                    }
+                if g is not None:
+                    acc["grad"].add_(g)
+                    if price:
+                        acc["hsum"].addcmul_(w["noise"], g)
+                    else:
+                        acc["hsum"].addcmul_(g, g)
+                grads.append(acc["grad"])
+                hstats.append(acc["hsum"])
+            else:
+                # one sample: the Price product is formed in the noise buffer, g stays in p.grad
+                grads.append(g)
+                if price:
+                    hstats.append(w["noise"])
+                else:
+                    hstats.append(torch.mul(g, g, out=w["noise"]))
+            if not price:
+                checks.append(grads[-1])
+            params.append(p)
+            works.append(w)
+        if not params:
+            return None
+        if price and not use_acc:
+            torch._foreach_mul_(hstats, grads)
+        return dict(params=params, grads=grads, hstats=hstats, works=works, grads_check=checks)
+
+    @staticmethod
+    def _nonfinite(tensors: list) -> bool:
+        # A sum is finite only if every summand is; eps * g is NaN for any non-finite g.
+        if not tensors:
+            return False
+        sums = [t.sum(dtype=torch.float32 if t.dtype in _LOW_PRECISION else None) for t in tensors]
+        by_dev: dict = {}
+        for s in sums:
+            by_dev.setdefault(s.device, []).append(s.float() if s.dtype != torch.float64 else s)
+        return any(not bool(torch.isfinite(torch.stack(v).sum())) for v in by_dev.values())
+
+    def _update_group(self, group: dict, plan: dict, scale: float) -> None:
+        params, grads, hstats, works = plan["params"], plan["grads"], plan["hstats"], plan["works"]
+        lr, ess, wd = group["lr"], float(group["ess"]), float(group["weight_decay"])
+        b1, b2 = group["beta1"], group["beta2"]
+        price = group["hess_approx"] == "price"
+        states = [self.state[p] for p in params]
+        moms = [s["momentum"] for s in states]
+        hess = [s["hess"] for s in states]
+        sigmas = [w["sigma"] for w in works]
+        scratch = [w["noise"] for w in works]  # free once the Hessian statistic is consumed
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1.0)
+
+        # momentum: gbar <- b1 gbar + (1 - b1) ghat, ghat = scale * sum g
+        if scale == 1.0:
+            torch._foreach_lerp_(moms, grads, 1.0 - b1)
+        else:
+            torch._foreach_mul_(moms, b1)
+            torch._foreach_add_(moms, grads, alpha=(1.0 - b1) * scale)
+
+        # Hessian: with e = hhat - h and w = e * sigma (sigma of the sample, 1/(h+delta) = ess sigma^2)
+        # h <- h + (1 - b2) e + 0.5 (1 - b2)^2 ess w^2
+        if price:
+            # hstats holds sum eps*g; hhat = scale * hstats / sigma, so w = scale*hstats - h*sigma
+            if scale != 1.0:
+                torch._foreach_mul_(hstats, scale)
+            torch._foreach_addcmul_(hstats, hess, sigmas, value=-1.0)
+            torch._foreach_addcdiv_(hess, hstats, sigmas, value=1.0 - b2)
+        else:
+            torch._foreach_mul_(hstats, scale * ess)
+            torch._foreach_sub_(hstats, hess)
+            torch._foreach_add_(hess, hstats, alpha=1.0 - b2)
+            torch._foreach_mul_(hstats, sigmas)
+        torch._foreach_addcmul_(hess, hstats, hstats, value=0.5 * (1.0 - b2) ** 2 * ess)
+
+        # mean: m <- m - alpha clip((gbar / bc + delta m) / (h + delta)), 1/(h+delta) = ess sigma_new^2
+        if group["rescale_lr"]:
+            alpha = lr * (group["hess_init"] + wd)
+        else:
+            alpha = lr
+        bcs = []
+        for s, mo, p, sc in zip(steps, moms, params, scratch):
+            bc = 1.0 - b1 ** float(s.item()) if group["debias"] else 1.0
+            bcs.append(bc)
+            torch.add(mo, p, alpha=wd * bc, out=sc)  # sc = bc * (gbar/bc + delta m)
+        for sg, h in zip(sigmas, hess):
+            self._sigma_from_hess_(sg, h, ess, wd)
+        for w in works:
+            w["key"] = (ess, wd)
+        torch._foreach_mul_(scratch, sigmas)
+        r = group["clip_radius"]
+        if math.isinf(r):
+            torch._foreach_addcmul_(params, scratch, sigmas, [-alpha * ess / bc for bc in bcs])
+        else:
+            torch._foreach_mul_(scratch, sigmas)
+            torch._foreach_mul_(scratch, [ess / bc for bc in bcs])
+            torch._foreach_clamp_min_(scratch, -r)
+            torch._foreach_clamp_max_(scratch, r)
+            torch._foreach_add_(params, scratch, alpha=-alpha)
+
+    # ------------------------------------------------------------------ read-outs
+    @torch.no_grad()
+    def posterior_std(self) -> list:
+        r"""Posterior standard deviation :math:`\sigma = 1/\sqrt{\lambda(h+\delta)}` per parameter.
+
+        Returns a list of tensors aligned with ``[p for g in opt.param_groups for p in g["params"]]``
+        (for a single group: with ``list(model.parameters())``). Parameters that were never
+        updated report the prior-initialised value :math:`1/\sqrt{\lambda(h_0+\delta)}`.
+        """
+        out = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p, {})
+                if "hess" in st:
+                    h = st["hess"]
+                else:
+                    h = torch.full_like(p, group["hess_init"], dtype=_state_dtype(p))
+                s = torch.empty_like(h)
+                self._sigma_from_hess_(s, h, float(group["ess"]), float(group["weight_decay"]))
+                out.append(s)
+        return out
+
+    @torch.no_grad()
+    def posterior_summary(self, names: Optional[Iterable] = None) -> list:
+        r"""One row (a dict) per parameter tensor: is the posterior being learned?
+
+        Keys: ``name`` (from ``names``, e.g. ``[n for n, _ in model.named_parameters()]``,
+        else ``"group{i}.param{j}"``), ``group``, ``numel``, ``steps``, ``sigma_mean``,
+        ``sigma_min``, ``sigma_max``, ``sigma_prior`` (:math:`1/\sqrt{\lambda(h_0+\delta)}`),
+        ``hess_mean``, ``hess_rel_change`` (mean of :math:`|h-h_0|/h_0`) and
+        ``frac_moved`` (fraction of entries whose :math:`h` moved more than 10 % from
+        :math:`h_0`). A ``hess_rel_change`` near 0 after many steps means :math:`h` (and so
+        the posterior variance) has not been learned: typically ``beta2`` is too close to 1
+        for the number of steps, or ``ess`` is off.
+        """
+        names = list(names) if names is not None else None
+        stds = self.posterior_std()
+        rows, k = [], 0
+        for gi, group in enumerate(self.param_groups):
+            h0 = float(group["hess_init"])
+            for j, p in enumerate(group["params"]):
+                s = stds[k].double()
+                st = self.state.get(p, {})
+                h = st["hess"].double() if "hess" in st else torch.full_like(s, h0)
+                rel = (h - h0).abs() / h0
+                rows.append(
+                    dict(
+                        name=names[k] if names is not None else f"group{gi}.param{j}",
+                        group=gi,
+                        numel=p.numel(),
+                        steps=int(st["step"].item()) if "step" in st else 0,
+                        sigma_mean=s.mean().item(),
+                        sigma_min=s.min().item(),
+                        sigma_max=s.max().item(),
+                        sigma_prior=1.0 / math.sqrt(float(group["ess"]) * (h0 + float(group["weight_decay"]))),
+                        hess_mean=h.mean().item(),
+                        hess_rel_change=rel.mean().item(),
+                        frac_moved=(rel > 0.1).double().mean().item(),
+                    )
+                )
+                k += 1
+        return rows
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a checkpoint; statistics keep their own dtype (float32 for 16-bit params)."""
+        saved = state_dict["state"]
+        saved_groups = state_dict["param_groups"]
+        id_map = {}
+        for g_saved, g in zip(saved_groups, self.param_groups):
+            for pid, p in zip(g_saved["params"], g["params"]):
+                id_map[pid] = p
+        originals = {
+            pid: {k: v for k, v in s.items() if isinstance(v, Tensor)} for pid, s in saved.items()
+        }
+        super().load_state_dict(state_dict)
+        for pid, vals in originals.items():
+            p = id_map.get(pid)
+            if p is None or p not in self.state:
+                continue
+            for k, v in vals.items():
+                if k == "step":
+                    self.state[p][k] = v.detach().to(dtype=torch.float32, device="cpu").clone()
+                else:
+                    self.state[p][k] = v.detach().to(device=p.device, dtype=_state_dtype(p)).clone()
+        self._work.clear()
+        self._acc.clear()
+        self._pending = False
+        self._folded = 0

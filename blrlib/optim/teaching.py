@@ -1,0 +1,450 @@
+r"""Teaching optimizers: SGD and the rule's own RMSprop, derived from the Bayesian learning rule.
+
+Two candidates, the delta method and minibatch gradients give two optimizers (Khan & Rue, 2023, Sec. 4.1-4.2).
+Throughout, :math:`N` is the number of training examples (``ess``), the loss of the whole data set is
+
+.. math::
+
+    \bar\ell(\theta) = \sum_{i=1}^N \ell_i(\theta) + \tfrac{\delta}{2}\|\theta\|^2,
+
+:math:`\delta` is the prior precision (``prior_precision``), and :math:`\hat g` is what ``loss.backward()``
+leaves in ``p.grad`` when the loss is the **mean** over a minibatch :math:`\mathcal M` of size :math:`B`,
+:math:`\hat g = \frac1B\sum_{i\in\mathcal M}\nabla\ell_i(m)`. Then :math:`N\hat g + \delta m` estimates
+:math:`\nabla\bar\ell(m)` without bias.
+
+* :class:`RuleSGD` (candidate :math:`\mathcal N(m, \sigma^2 I)`):
+  :math:`m \leftarrow m - \rho\sigma^2 (N\hat g + \delta m)`, which is ``torch.optim.SGD`` with
+  ``lr`` :math:`= \rho\sigma^2 N` and ``weight_decay`` :math:`= \delta/N`.
+* :class:`RuleRMSprop` (candidate :math:`\mathcal N(m, \mathrm{diag}(s)^{-1})`, Hessian of
+  :math:`\sum_i\ell_i` replaced by :math:`N\hat g^2`):
+
+  .. math::
+
+      s \leftarrow (1-\rho)\, s + \rho\,(N\hat g^2 + \delta), \qquad
+      m \leftarrow m - \rho\, (N\hat g + \delta m) / s .
+
+  No square root, no :math:`\epsilon`, no momentum, no bias correction: the rule's own optimizer.
+* :func:`modified_rule` is the same step with the switches that turn it into ``torch.optim.RMSprop`` and
+  ``torch.optim.Adam`` (square root, :math:`\epsilon`, momentum, bias correction, squared L2 gradient).
+
+The classes behave like ``torch.optim`` optimizers (param groups, ``state_dict`` with the step counter,
+learning-rate schedulers, any device and floating dtype). The functional forms (:func:`rule_sgd`,
+:func:`rule_rmsprop`, :func:`modified_rule`) are pure: they take a state and a gradient and return a new
+state without modifying their inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, Iterable, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "RuleSGD",
+    "RuleRMSprop",
+    "RuleSGDState",
+    "RuleRMSpropState",
+    "ModifiedRuleState",
+    "rule_sgd_init",
+    "rule_sgd",
+    "rule_rmsprop_init",
+    "rule_rmsprop",
+    "modified_rule_init",
+    "modified_rule",
+]
+
+_HESSIANS = ("rule", "torch")
+
+
+# ---------------------------------------------------------------- argument checks
+def _real(name: str, value, *, low: float | None = None, high: float | None = None, low_open=False, high_open=False) -> float:
+    """``value`` as a float if it is a finite real number in the interval, else a ValueError naming ``name``."""
+    parts = []
+    if low is not None:
+        parts.append(f"> {low:g}" if low_open else f">= {low:g}")
+    if high is not None:
+        parts.append(f"< {high:g}" if high_open else f"<= {high:g}")
+    allowed = "a finite real number" + (" " + " and ".join(parts) if parts else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Invalid {name}: {value!r} (must be {allowed})")
+    v = float(value)
+    bad = not math.isfinite(v)
+    if not bad and low is not None:
+        bad = v <= low if low_open else v < low
+    if not bad and high is not None:
+        bad = v >= high if high_open else v > high
+    if bad:
+        raise ValueError(f"Invalid {name}: {value!r} (must be {allowed})")
+    return v
+
+
+def _checked_grad(p: Tensor) -> Tensor:
+    grad = p.grad
+    if grad.is_sparse:
+        raise ValueError("Invalid gradient: sparse gradients are not supported by the teaching optimizers")
+    if not bool(torch.isfinite(grad).all()):
+        raise ValueError(
+            f"Invalid gradient: a parameter of shape {tuple(p.shape)} has a NaN or infinite gradient; "
+            "the step was not taken (parameters and state are unchanged)"
+        )
+    return grad
+
+
+# ---------------------------------------------------------------- functional forms
+class RuleSGDState(NamedTuple):
+    """State of :func:`rule_sgd`: the mean :math:`m` and the number of steps taken."""
+
+    mean: Tensor
+    step: int
+
+
+def rule_sgd_init(mean: Tensor) -> RuleSGDState:
+    """The state before the first step: :math:`m_0` (a copy of ``mean``) and ``step = 0``."""
+    return RuleSGDState(mean.detach().clone(), 0)
+
+
+def rule_sgd(state: RuleSGDState, grad: Tensor, *, rho: float, variance: float, ess: float = 1.0, prior_precision: float = 0.0) -> RuleSGDState:
+    r"""One step of the rule with :math:`q = \mathcal N(m, \sigma^2 I)`, the delta method and a minibatch gradient.
+
+    .. math::
+
+        m_{t+1} = m_t - \rho\,\sigma^2\,\big(N\hat g_t + \delta\, m_t\big)
+
+    Symbols: :math:`\rho` = ``rho``, :math:`\sigma^2` = ``variance``, :math:`N` = ``ess``,
+    :math:`\delta` = ``prior_precision``, :math:`\hat g_t` = ``grad`` (the minibatch-mean gradient at
+    :math:`m_t`), :math:`m_t` = ``state.mean``. Pure: returns a new state.
+    """
+    mean = state.mean
+    direction = ess * grad + prior_precision * mean
+    return RuleSGDState(mean - (rho * variance) * direction, state.step + 1)
+
+
+class RuleRMSpropState(NamedTuple):
+    """State of :func:`rule_rmsprop`: mean :math:`m`, precision :math:`s` and the number of steps taken."""
+
+    mean: Tensor
+    precision: Tensor
+    step: int
+
+
+def rule_rmsprop_init(mean: Tensor, init_precision: float = 1.0) -> RuleRMSpropState:
+    """The state before the first step: :math:`m_0` (a copy of ``mean``), :math:`s_0` = ``init_precision`` everywhere."""
+    init_precision = _real("init_precision", init_precision, low=0.0, low_open=True)
+    mean = mean.detach().clone()
+    return RuleRMSpropState(mean, torch.full_like(mean, init_precision), 0)
+
+
+def rule_rmsprop(
+    state: RuleRMSpropState,
+    grad: Tensor,
+    *,
+    rho: float,
+    ess: float = 1.0,
+    prior_precision: float = 0.0,
+    beta: float | None = None,
+) -> RuleRMSpropState:
+    r"""One step of the rule with :math:`q = \mathcal N(m, \mathrm{diag}(s)^{-1})`, the delta method, a
+    minibatch gradient and the squared minibatch gradient for the Hessian:
+
+    .. math::
+
+        s_{t+1} &= (1-\rho)\, s_t + \rho\,\big(N \hat g_t^2 + \delta\big), \\
+        m_{t+1} &= m_t - \rho\, \big(N\hat g_t + \delta\, m_t\big) / s_{t+1}.
+
+    Symbols: :math:`\rho` = ``rho``, :math:`N` = ``ess``, :math:`\delta` = ``prior_precision``,
+    :math:`\hat g_t` = ``grad``, :math:`(m_t, s_t)` = ``(state.mean, state.precision)``. With ``beta`` given,
+    the precision is averaged with its own rate, :math:`s_{t+1} = \beta s_t + (1-\beta)(N\hat g_t^2+\delta)`
+    (``beta = 1 - rho`` is the rule). Pure: returns a new state.
+    """
+    mean, precision = state.mean, state.precision
+    curvature = ess * grad * grad + prior_precision
+    if beta is None:
+        new_precision = (1.0 - rho) * precision + rho * curvature
+    else:
+        new_precision = beta * precision + (1.0 - beta) * curvature
+    direction = ess * grad + prior_precision * mean
+    new_mean = mean - rho * direction / new_precision
+    return RuleRMSpropState(new_mean, new_precision, state.step + 1)
+
+
+class ModifiedRuleState(NamedTuple):
+    r"""State of :func:`modified_rule`: mean :math:`m`, averaged curvature :math:`v`, momentum :math:`u`, step count."""
+
+    mean: Tensor
+    second_moment: Tensor
+    first_moment: Tensor
+    step: int
+
+
+def modified_rule_init(mean: Tensor, init_second_moment: float = 0.0) -> ModifiedRuleState:
+    """The state before the first step: :math:`m_0` (a copy), :math:`v_0` = ``init_second_moment``, :math:`u_0 = 0`."""
+    init_second_moment = _real("init_second_moment", init_second_moment, low=0.0)
+    mean = mean.detach().clone()
+    return ModifiedRuleState(mean, torch.full_like(mean, init_second_moment), torch.zeros_like(mean), 0)
+
+
+def modified_rule(
+    state: ModifiedRuleState,
+    grad: Tensor,
+    *,
+    lr: float,
+    rho: float,
+    weight_decay: float = 0.0,
+    hessian: str = "rule",
+    sqrt: bool = False,
+    eps: float = 0.0,
+    beta1: float = 0.0,
+    bias_correction: bool = False,
+) -> ModifiedRuleState:
+    r"""The rule's diagonal-Gaussian step per example, with the switches that turn it into RMSprop and Adam.
+
+    Divide the precision by :math:`N` (:math:`v = s/N`) and write :math:`w = \delta/N` for the weight decay.
+    With :math:`g_t = \hat g_t + w\, m_t`, one step is
+
+    .. math::
+
+        v_{t+1} &= (1-\rho)\, v_t + \rho\, h_t, \qquad
+            h_t = \begin{cases} \hat g_t^2 + w & \text{hessian="rule"} \\ g_t^2 & \text{hessian="torch"}\end{cases} \\
+        u_{t+1} &= \beta_1 u_t + (1-\beta_1)\, g_t \qquad (u_{t+1} = g_t \text{ when } \beta_1 = 0) \\
+        \hat u &= u_{t+1}/(1-\beta_1^{t+1}), \quad \hat v = v_{t+1}/(1-(1-\rho)^{t+1})
+            \quad\text{(only with bias_correction)} \\
+        m_{t+1} &= m_t - \alpha\, \hat u / \big(\sqrt{\hat v} + \epsilon\big)
+            \quad\text{(or } \hat v + \epsilon \text{ without sqrt)}.
+
+    Symbols: :math:`\alpha` = ``lr``, :math:`\rho` = ``rho``, :math:`w` = ``weight_decay``,
+    :math:`\epsilon` = ``eps``, :math:`\beta_1` = ``beta1``.
+
+    * The rule (:func:`rule_rmsprop` with :math:`s = N v`): ``lr = rho``, ``hessian="rule"``, no sqrt,
+      ``eps = 0``, ``beta1 = 0``, no bias correction, :math:`v_0 = s_0/N`.
+    * ``torch.optim.RMSprop(lr, alpha, eps, weight_decay)``: ``rho = 1 - alpha``, ``hessian="torch"``,
+      ``sqrt=True``, :math:`v_0 = 0`.
+    * ``torch.optim.Adam(lr, betas=(beta1, beta2), eps, weight_decay)``: ``rho = 1 - beta2``,
+      ``hessian="torch"``, ``sqrt=True``, ``bias_correction=True``, :math:`v_0 = 0`.
+
+    Pure: returns a new state.
+    """
+    if hessian not in _HESSIANS:
+        raise ValueError(f"Invalid hessian: {hessian!r} (must be one of {_HESSIANS})")
+    mean, v, u = state.mean, state.second_moment, state.first_moment
+    t = state.step + 1
+    g = grad + weight_decay * mean if weight_decay != 0.0 else grad
+    h = grad * grad + weight_decay if hessian == "rule" else g * g
+    v = (1.0 - rho) * v + rho * h
+    u = torch.lerp(u, g, 1.0 - beta1) if beta1 != 0.0 else g
+    step_size = lr
+    if bias_correction:
+        step_size = lr / (1.0 - beta1**t)
+        scale_v = 1.0 - (1.0 - rho) ** t
+    if sqrt:
+        denom = (v.sqrt() / math.sqrt(scale_v) if bias_correction else v.sqrt()) + eps
+    else:
+        denom = (v / scale_v if bias_correction else v) + eps
+    new_mean = mean - step_size * (u / denom)
+    return ModifiedRuleState(new_mean, v, u.clone() if u is g else u, t)
+
+
+# ---------------------------------------------------------------- optimizer classes
+class RuleSGD(torch.optim.Optimizer):
+    r"""SGD as the Bayesian learning rule with :math:`q = \mathcal N(m, \sigma^2 I)` (Khan & Rue, 2023, Sec. 4.1).
+
+    .. math::
+
+        m_{t+1} = m_t - \rho\,\sigma^2\,\big(N \hat g_t + \delta\, m_t\big),
+        \qquad \text{lr} = \rho\,\sigma^2 N,
+
+    where :math:`m` are the parameters, :math:`\hat g_t` is ``p.grad`` (the gradient of the minibatch
+    **mean** loss), :math:`N` = ``ess`` (the number of training examples) and :math:`\delta` =
+    ``prior_precision``. This is ``torch.optim.SGD(params, lr=lr, weight_decay=prior_precision / ess)``.
+
+    Give exactly one of ``lr`` or ``rho``:
+
+    * ``rho`` (in (0, 1]) with ``variance`` :math:`\sigma^2` (default 1): then ``lr = rho * variance * ess``;
+    * ``lr`` (>= 0), optionally with ``variance``: then :math:`\rho = \text{lr}/(\sigma^2 N)` must lie in
+      (0, 1]; without ``variance``, :math:`\sigma^2 = \text{lr}/N` (so :math:`\rho = 1`).
+
+    Only :math:`\rho\sigma^2` enters the step (the entropy of a fixed-covariance Gaussian is constant), so
+    a scheduler that scales ``lr`` scales :math:`\rho`. :meth:`rule_parameters` reports
+    :math:`(\rho, \sigma^2, N, \delta)` per group.
+
+    Args:
+        params: parameters or param groups (a group may set its own ``lr``/``rho``, ``variance``, ``ess``,
+            ``prior_precision``).
+        lr: the step size :math:`\rho\sigma^2 N` (default: None).
+        rho: the rule's step size :math:`\rho` (default: None).
+        variance: :math:`\sigma^2 > 0` (default: 1 with ``rho``, ``lr/ess`` with ``lr``).
+        ess: :math:`N > 0`, the effective sample size (default: 1, for a loss that is already the sum).
+        prior_precision: :math:`\delta \ge 0` (default: 0).
+
+    A NaN or infinite gradient raises ``ValueError`` before anything is changed.
+    """
+
+    def __init__(self, params, lr: float | None = None, *, rho: float | None = None, variance: float | None = None,
+                 ess: float = 1.0, prior_precision: float = 0.0):
+        defaults = self._resolve(dict(lr=lr, rho=rho, variance=variance, ess=ess, prior_precision=prior_precision))
+        self._variance_given = variance is not None
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _resolve(group: dict) -> dict:
+        """Check a group's hyperparameters and return them as (lr, variance, ess, prior_precision)."""
+        ess = _real("ess", group.get("ess", 1.0), low=0.0, low_open=True)
+        delta = _real("prior_precision", group.get("prior_precision", 0.0), low=0.0)
+        lr, rho, variance = group.get("lr"), group.get("rho"), group.get("variance")
+        if (lr is None) == (rho is None):
+            raise ValueError(f"Invalid lr/rho: lr={lr!r}, rho={rho!r} (give exactly one of them)")
+        if variance is not None:
+            variance = _real("variance", variance, low=0.0, low_open=True)
+        if rho is not None:
+            rho = _real("rho", rho, low=0.0, high=1.0, low_open=True)
+            variance = 1.0 if variance is None else variance
+            lr = rho * variance * ess
+        else:
+            lr = _real("lr", lr, low=0.0)
+            if variance is None:
+                variance = lr / ess if lr > 0.0 else 1.0
+            implied = lr / (variance * ess)
+            if implied > 1.0:
+                raise ValueError(
+                    f"Invalid lr: {lr!r} (with variance={variance:g} and ess={ess:g} it implies "
+                    f"rho = lr / (variance * ess) = {implied:g}; must be <= 1: lower lr or raise variance)"
+                )
+        return dict(lr=lr, variance=variance, ess=ess, prior_precision=delta)
+
+    def add_param_group(self, param_group: dict) -> None:
+        param_group = dict(param_group)
+        if any(k in param_group for k in ("lr", "rho", "variance", "ess", "prior_precision")) and hasattr(self, "defaults"):
+            merged = {k: v for k, v in self.defaults.items()}
+            if "rho" in param_group:
+                merged.pop("lr")
+            if ("lr" in param_group or "rho" in param_group) and not self._variance_given:
+                merged.pop("variance")  # derived from the default lr: derive it again for this group
+            merged.update(param_group)
+            resolved = self._resolve(merged)
+            param_group.pop("rho", None)
+            param_group.update(resolved)
+        super().add_param_group(param_group)
+
+    def rule_parameters(self) -> list[dict]:
+        r"""Per group, the rule's :math:`\rho = \text{lr}/(\sigma^2 N)`, :math:`\sigma^2`, :math:`N` and :math:`\delta`."""
+        out = []
+        for g in self.param_groups:
+            out.append(dict(rho=g["lr"] / (g["variance"] * g["ess"]), variance=g["variance"], ess=g["ess"],
+                            prior_precision=g["prior_precision"]))
+        return out
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None):
+        """One step for every parameter that has a gradient; returns the closure's loss if one is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    work.append((group, p, _checked_grad(p)))
+        for group, p, grad in work:
+            st = self.state[p]
+            if "step" not in st:
+                st["step"] = torch.tensor(0.0)
+            rho = group["lr"] / (group["variance"] * group["ess"])
+            new = rule_sgd(RuleSGDState(p, int(st["step"])), grad, rho=rho, variance=group["variance"],
+                           ess=group["ess"], prior_precision=group["prior_precision"])
+            p.copy_(new.mean)
+            st["step"] += 1
+        return loss
+
+
+class RuleRMSprop(torch.optim.Optimizer):
+    r"""The rule's own RMSprop: :math:`q = \mathcal N(m, \mathrm{diag}(s)^{-1})`, delta method, minibatch
+    gradient, Hessian :math:`\approx N\hat g^2` (Khan & Rue, 2023, Sec. 4.2). No square root.
+
+    .. math::
+
+        s_{t+1} &= (1-\rho)\, s_t + \rho\,\big(N\hat g_t^2 + \delta\big), \\
+        m_{t+1} &= m_t - \rho\,\big(N\hat g_t + \delta\, m_t\big) / s_{t+1},
+
+    with :math:`m` the parameters, :math:`\hat g_t` = ``p.grad`` (gradient of the minibatch **mean** loss),
+    :math:`\rho` = ``lr``, :math:`N` = ``ess``, :math:`\delta` = ``prior_precision`` and
+    :math:`s_0` = ``init_precision``. The posterior standard deviation :math:`s^{-1/2}` is available from
+    :meth:`posterior_std`.
+
+    Args:
+        params: parameters or param groups (each group may set its own hyperparameters).
+        lr: :math:`\rho \in (0, 1]`, the rule's step size (default: 1e-3).
+        beta: if given, the precision is averaged with its own rate,
+            :math:`s_{t+1} = \beta s_t + (1-\beta)(N\hat g_t^2+\delta)`, :math:`\beta\in[0, 1)`; the default
+            None means :math:`\beta = 1-\rho` (the rule; a scheduler on ``lr`` then moves both).
+        ess: :math:`N > 0`, the number of training examples (default: 1).
+        prior_precision: :math:`\delta \ge 0` (default: 0).
+        init_precision: :math:`s_0 > 0` (default: 1).
+
+    A NaN or infinite gradient raises ``ValueError`` before anything is changed.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, *, beta: float | None = None, ess: float = 1.0,
+                 prior_precision: float = 0.0, init_precision: float = 1.0):
+        defaults = dict(lr=lr, beta=beta, ess=ess, prior_precision=prior_precision, init_precision=init_precision)
+        self._check(defaults)
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _check(group: dict) -> None:
+        _real("lr", group["lr"], low=0.0, high=1.0, low_open=True)
+        if group["beta"] is not None:
+            _real("beta", group["beta"], low=0.0, high=1.0, high_open=True)
+        _real("ess", group["ess"], low=0.0, low_open=True)
+        _real("prior_precision", group["prior_precision"], low=0.0)
+        _real("init_precision", group["init_precision"], low=0.0, low_open=True)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._check(self.param_groups[-1])
+
+    def _precision(self, p: Tensor, group: dict) -> Tensor:
+        st = self.state.get(p, {})
+        if "precision" in st:
+            return st["precision"]
+        return torch.full_like(p, float(group["init_precision"]))
+
+    @torch.no_grad()
+    def posterior_std(self) -> list[Tensor]:
+        r"""The posterior standard deviation :math:`s^{-1/2}` per parameter.
+
+        A list aligned with ``[p for g in opt.param_groups for p in g["params"]]``; parameters not yet
+        updated report :math:`s_0^{-1/2}`.
+        """
+        return [self._precision(p, g).rsqrt() for g in self.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def posterior_precision(self) -> list[Tensor]:
+        """The precision :math:`s` per parameter (copies), aligned as in :meth:`posterior_std`."""
+        return [self._precision(p, g).clone() for g in self.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None):
+        """One step for every parameter that has a gradient; returns the closure's loss if one is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    work.append((group, p, _checked_grad(p)))
+        for group, p, grad in work:
+            st = self.state[p]
+            if "step" not in st:
+                st["step"] = torch.tensor(0.0)
+                st["precision"] = torch.full_like(p, float(group["init_precision"]), memory_format=torch.preserve_format)
+            new = rule_rmsprop(RuleRMSpropState(p, st["precision"], int(st["step"])), grad, rho=group["lr"],
+                               ess=group["ess"], prior_precision=group["prior_precision"], beta=group["beta"])
+            p.copy_(new.mean)
+            st["precision"].copy_(new.precision)
+            st["step"] += 1
+        return loss

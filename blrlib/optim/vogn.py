@@ -1,0 +1,497 @@
+r"""OGN and VOGN: online Gauss-Newton and variational online Gauss-Newton.
+
+Both learn a diagonal Gaussian :math:`q(\theta) = \mathcal N(m, \mathrm{diag}(s)^{-1})` over the weights
+with the Bayesian learning rule (Khan & Rue, JMLR 2023, Sec. 4.4), for the objective
+:math:`\bar\ell(\theta) = \sum_{i=1}^N \ell_i(\theta) + \tfrac\delta2\|\theta\|^2` (per-example losses
+:math:`\ell_i`, Gaussian prior of precision :math:`\delta`). From a minibatch of :math:`M` examples with
+per-example gradients :math:`g_i`,
+
+.. math::
+
+    \hat g = \frac1M\sum_{i} g_i, \qquad \hat h = \frac1M\sum_i g_i\odot g_i,
+
+one step is (all operations element-wise)
+
+.. math::
+
+    s &\leftarrow (1-\rho)\, s + \rho\,(N\hat h + \delta) \\
+    \bar g &\leftarrow \beta_1 \bar g + (1-\beta_1)\,(N\hat g + \delta\, m) \\
+    m &\leftarrow m - \alpha\, \frac{\bar g/(1-\beta_1^t)}{s}.
+
+With :math:`\beta_1 = 0` and :math:`\alpha = \rho` this is *exactly* the rule's step
+:math:`\lambda \leftarrow (1-\rho)\lambda - \rho\nabla_\mu\mathbb E_q[\bar\ell]` for the diagonal Gaussian,
+with Bonnet's and Price's expected gradient and Hessian replaced by :math:`N\hat g + \delta m` and the
+Gauss-Newton estimate :math:`N\hat h + \delta`. The two optimizers differ only in *where* the
+:math:`g_i` are taken:
+
+* :class:`OGN` -- at the mean, :math:`\theta = m` (the delta method);
+* :class:`VOGN` -- at samples :math:`\theta_k = m + \epsilon_k/\sqrt{s}`, :math:`\epsilon_k\sim\mathcal N(0, I)`,
+  :math:`k = 1..K`, the statistics being averaged over the :math:`K` samples (Monte Carlo).
+
+Since :math:`\hat h \ge 0`, the precision stays positive: :math:`s > 0` after every step.
+
+Symbols and arguments (per param group):
+
+=====================  ===============================================================
+:math:`\alpha`          ``lr``
+:math:`N`               ``ess``: the number of training examples (the data term is
+                        :math:`N` times the minibatch mean)
+:math:`\rho`            ``1 - beta2``
+:math:`\beta_1`         ``beta1`` (momentum; 0 gives the rule's algorithm)
+:math:`\delta`          ``prior_precision`` (the prior is :math:`\mathcal N(0, \delta^{-1} I)`)
+:math:`s_0`             ``init_precision`` (default: :math:`\delta`, i.e. start at the prior)
+:math:`K`               ``mc_samples`` (VOGN only)
+=====================  ===============================================================
+
+Osawa et al. (2019) write the same algorithm per example: their :math:`\tilde s`, :math:`\tilde\delta` are
+:math:`s = N(\tilde s + \tilde\delta)`, :math:`\delta = N\tilde\delta`, their :math:`\beta` is our :math:`\rho`.
+
+How per-example gradients reach the optimizer (``p.grad`` is not used): either
+
+* ``optimizer.step(closure)`` where ``closure()`` returns the *per-example* losses
+  :math:`(\ell_i)_{i\in\mathcal M}` (a tensor of shape ``(M,)``, data term only, no prior) computed
+  with the model's current weights; the optimizer differentiates them with one batched backward pass
+  (:func:`blrlib.curvature.per_example_grads_from_losses`). :class:`VOGN` calls the closure
+  ``mc_samples`` times, each time with the weights replaced by a fresh sample. Or
+* ``optimizer.step(per_example_grads=grads)`` with ``grads`` a list (or the dict of
+  :func:`blrlib.curvature.per_example_gradients`) of tensors of shape ``(M, *p.shape)``, one per
+  parameter that requires a gradient, in param-group order (``None`` skips a parameter). For VOGN
+  compute them inside ``with optimizer.sampled_params():``; gradients from several samples are
+  simply concatenated along the first dimension (the mean over all rows is the Monte Carlo average).
+
+Reference: K. Osawa, S. Swaroop, A. Jain, R. Eschenhagen, R. E. Turner, R. Yokota, M. E. Khan,
+"Practical Deep Learning with Bayesian Principles", NeurIPS 2019; M. E. Khan, D. Nielsen,
+V. Tangkaratt, W. Lin, Y. Gal, A. Srivastava, "Fast and Scalable Bayesian Deep Learning by
+Weight-Perturbation in Adam", ICML 2018.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..curvature import per_example_grads_from_losses
+
+__all__ = ["OGN", "VOGN", "ogn_update_"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _state_dtype(p: Tensor) -> torch.dtype:
+    return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+
+
+def _check_real(name, value, low=None, high=None, low_open=False, high_open=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a finite real number)")
+    v = float(value)
+    bounds = []
+    if low is not None:
+        bounds.append(f"> {low:g}" if low_open else f">= {low:g}")
+    if high is not None:
+        bounds.append(f"< {high:g}" if high_open else f"<= {high:g}")
+    bad = (low is not None and (v <= low if low_open else v < low)) or (
+        high is not None and (v >= high if high_open else v > high)
+    )
+    if bad:
+        raise ValueError(f"Invalid {name}: {value!r} (must be {' and '.join(bounds)})")
+    return v
+
+
+def ogn_update_(
+    param: Tensor,
+    precision: Tensor,
+    momentum: Optional[Tensor],
+    grad_mean: Tensor,
+    gauss_newton: Tensor,
+    *,
+    step: int,
+    lr: float,
+    ess: float,
+    beta1: float,
+    beta2: float,
+    prior_precision: float,
+    debias: bool = True,
+) -> None:
+    r"""One OGN/VOGN update of one tensor, in place (the functional form of the optimizers).
+
+    .. math::
+
+        s \leftarrow \beta_2 s + (1-\beta_2)(N\hat h + \delta),\quad
+        \bar g \leftarrow \beta_1\bar g + (1-\beta_1)(N\hat g + \delta m),\quad
+        m \leftarrow m - \alpha\,\frac{\bar g/(1-\beta_1^t)}{s}
+
+    ``param`` is :math:`m`, ``precision`` :math:`s`, ``momentum`` :math:`\bar g` (``None`` when
+    :math:`\beta_1 = 0`), ``grad_mean`` :math:`\hat g`, ``gauss_newton`` :math:`\hat h`, ``step`` the
+    1-based :math:`t`. No argument checks (the optimizers check).
+    """
+    sd = precision.dtype
+    m = param.to(sd)
+    precision.mul_(beta2).add_(gauss_newton.to(sd) * ess + prior_precision, alpha=1.0 - beta2)
+    direction = grad_mean.to(sd) * ess + prior_precision * m
+    if beta1 > 0.0:
+        if momentum is None:
+            raise ValueError("momentum buffer is required when beta1 > 0")
+        momentum.mul_(beta1).add_(direction, alpha=1.0 - beta1)
+        direction = momentum / (1.0 - beta1**step) if debias else momentum
+    new = m - lr * direction / precision
+    param.copy_(new.to(param.dtype))
+
+
+class OGN(Optimizer):
+    r"""Online Gauss-Newton (OGN): the Bayesian learning rule with a diagonal Gaussian, the delta method
+    and the Gauss-Newton Hessian; gradients are taken at the mean :math:`m` (the model's weights).
+
+    The update, the symbol/argument table and the two ways of passing per-example gradients
+    (``step(closure)`` returning per-example losses, or ``step(per_example_grads=...)``) are
+    described in :mod:`blrlib.optim.vogn`:
+
+    .. math::
+
+        s \leftarrow (1-\rho) s + \rho(N\hat h + \delta), \qquad
+        m \leftarrow m - \alpha\,(N\hat g + \delta m)/s \quad(\beta_1 = 0).
+
+    Args:
+        params: parameters or param groups, as for any ``torch.optim`` optimizer.
+        lr: :math:`\alpha \ge 0` (default: 0.1).
+        ess: :math:`N > 0`, the number of training examples (required).
+        beta1: momentum :math:`\beta_1 \in [0, 1)` (default: 0, the rule's algorithm).
+        beta2: :math:`1-\rho \in [0, 1]` (default: 0.999).
+        prior_precision: :math:`\delta \ge 0` (default: 1).
+        init_precision: :math:`s_0 > 0` (default: ``prior_precision``).
+        debias: divide the momentum by :math:`1-\beta_1^t` (default: True).
+        generator: ``torch.Generator`` for :meth:`sampled_params` (and VOGN's sampling); it is not
+            part of ``state_dict()``: save ``generator.get_state()`` yourself to resume a sampled
+            run bit for bit.
+
+    State per parameter: ``step`` (a tensor), ``precision`` :math:`s`, and ``momentum``
+    :math:`\bar g` when :math:`\beta_1 > 0`; 16-bit parameters keep float32 state. A NaN or infinite
+    per-example gradient (or squared gradient) raises :class:`ValueError` before anything changes.
+
+    Example::
+
+        import torch, torch.nn.functional as F
+        from blrlib.optim.vogn import OGN
+        model = torch.nn.Linear(3, 1)
+        X, y = torch.randn(64, 3), torch.randn(64, 1)
+        opt = OGN(model.parameters(), lr=0.1, ess=64)
+        for _ in range(5):
+            loss = opt.step(lambda: 0.5 * (model(X) - y).pow(2).sum(1))  # per-example losses
+
+    Reference: Osawa et al., "Practical Deep Learning with Bayesian Principles", NeurIPS 2019;
+    Khan & Rue, "The Bayesian Learning Rule", JMLR 2023, Sec. 4.4.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.1,
+        ess: float | None = None,
+        beta1: float = 0.0,
+        beta2: float = 0.999,
+        prior_precision: float = 1.0,
+        init_precision: float | None = None,
+        debias: bool = True,
+        *,
+        generator: torch.Generator | None = None,
+        _extra_defaults: dict | None = None,
+    ):
+        if ess is None:
+            raise ValueError("Invalid ess: None (must be a finite number > 0: the number of training examples)")
+        defaults = dict(
+            lr=lr,
+            ess=ess,
+            beta1=beta1,
+            beta2=beta2,
+            prior_precision=prior_precision,
+            init_precision=init_precision,
+            debias=debias,
+            **(_extra_defaults or {}),
+        )
+        self._validate_group(defaults)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
+        self.generator = generator
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ arguments
+    def _validate_group(self, g: dict) -> None:
+        _check_real("lr", g["lr"], low=0.0)
+        _check_real("ess", g["ess"], low=0.0, low_open=True)
+        _check_real("beta1", g["beta1"], low=0.0, high=1.0, high_open=True)
+        _check_real("beta2", g["beta2"], low=0.0, high=1.0)
+        _check_real("prior_precision", g["prior_precision"], low=0.0)
+        if g["init_precision"] is None:
+            if float(g["prior_precision"]) <= 0.0:
+                raise ValueError(
+                    "Invalid init_precision: None with prior_precision 0 (give init_precision > 0, "
+                    "or a prior_precision > 0 to start from)"
+                )
+        else:
+            _check_real("init_precision", g["init_precision"], low=0.0, low_open=True)
+        if not isinstance(g["debias"], bool):
+            raise ValueError(f"Invalid debias: {g['debias']!r} (must be True or False)")
+
+    def add_param_group(self, param_group: dict) -> None:
+        for k, v in self.defaults.items():
+            param_group.setdefault(k, v)
+        self._validate_group(param_group)
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("generator", None)
+        for group in self.param_groups:
+            group.setdefault("debias", True)
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        # torch casts floating state to the parameter's dtype; 16-bit parameters keep float32 state.
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if not st:
+                    continue
+                for key in ("precision", "momentum"):
+                    if key in st:
+                        st[key] = st[key].to(dtype=_state_dtype(p), device=p.device)
+
+    # ------------------------------------------------------------------ state
+    def _trainable(self) -> list:
+        return [(group, p) for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    def _state_for(self, p: Tensor, group: dict) -> dict:
+        st = self.state[p]
+        if len(st) == 0:
+            s0 = group["init_precision"]
+            s0 = float(group["prior_precision"]) if s0 is None else float(s0)
+            st["step"] = torch.zeros((), dtype=torch.float32)
+            st["precision"] = torch.full_like(p, s0, dtype=_state_dtype(p), memory_format=torch.preserve_format)
+        if group["beta1"] > 0.0 and "momentum" not in st:
+            st["momentum"] = torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
+        return st
+
+    # ------------------------------------------------------------------ posterior
+    @torch.no_grad()
+    def posterior_precision(self) -> list:
+        """:math:`s` for every parameter that requires a gradient (param-group order)."""
+        return [self._state_for(p, g)["precision"].clone() for g, p in self._trainable()]
+
+    @torch.no_grad()
+    def posterior_stddev(self) -> list:
+        r""":math:`\sigma = 1/\sqrt{s}` for every parameter that requires a gradient (param-group order)."""
+        return [s.rsqrt() for s in self.posterior_precision()]
+
+    def _standard_normal(self, p: Tensor) -> Tensor:
+        gen = self.generator
+        dtype = _state_dtype(p)
+        if gen is None:
+            return torch.randn(p.shape, dtype=dtype, device=p.device)
+        return torch.randn(p.shape, generator=gen, dtype=dtype, device=gen.device).to(p.device)
+
+    @contextmanager
+    def sampled_params(self) -> Iterator[None]:
+        r"""Inside the block every trainable parameter holds a sample :math:`\theta = m + \epsilon/\sqrt{s}`.
+
+        The noise :math:`\epsilon\sim\mathcal N(0, I)` is drawn per parameter, in param-group order,
+        from ``generator``. On exit (also on an exception) the mean :math:`m` is restored exactly.
+        Use it for prediction with posterior samples, and, with VOGN's explicit API, to compute
+        per-example gradients at a sample before ``step(per_example_grads=...)``.
+        """
+        saved = []
+        try:
+            with torch.no_grad():
+                for group, p in self._trainable():
+                    st = self._state_for(p, group)
+                    eps = self._standard_normal(p)
+                    saved.append((p, p.detach().clone()))
+                    p.add_((eps * st["precision"].rsqrt()).to(p.dtype))
+            yield
+        finally:
+            with torch.no_grad():
+                for p, mean in saved:
+                    p.copy_(mean)
+
+    # ------------------------------------------------------------------ statistics
+    def _accumulate(self, sums: list, grads: Sequence, params: list) -> None:
+        """Add the per-example sums of g and g*g (and the row count) of one batch to ``sums``."""
+        rows = None
+        for k, ((_, p), g) in enumerate(zip(params, grads)):
+            if g is None:
+                continue
+            if not isinstance(g, Tensor):
+                raise ValueError(f"per_example_grads[{k}] must be a tensor or None; got {type(g).__name__}")
+            if tuple(g.shape[1:]) != tuple(p.shape) or g.ndim != p.ndim + 1:
+                raise ValueError(
+                    f"per_example_grads[{k}] has shape {tuple(g.shape)}; expected (M, *{tuple(p.shape)})"
+                )
+            if rows is None:
+                rows = g.shape[0]
+            elif g.shape[0] != rows:
+                raise ValueError(
+                    f"per_example_grads[{k}] has {g.shape[0]} examples but an earlier entry has {rows}; they must match"
+                )
+            if rows == 0:
+                raise ValueError(f"per_example_grads[{k}] holds no example (M = 0)")
+            g = g.detach().to(dtype=_state_dtype(p), device=p.device)
+            if sums[k] is None:
+                sums[k] = [g.sum(0), (g * g).sum(0), 0]
+            else:
+                sums[k][0].add_(g.sum(0))
+                sums[k][1].add_((g * g).sum(0))
+            sums[k][2] += rows
+
+    def _closure_statistics(self, closure: Callable, params: list, sums: list) -> Tensor:
+        with torch.enable_grad():
+            losses = closure()
+        if not isinstance(losses, Tensor) or losses.ndim != 1:
+            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+            raise ValueError(
+                f"closure must return the per-example losses, a 1-D tensor of shape (M,); got {shape}"
+            )
+        grads = per_example_grads_from_losses(losses, [p for _, p in params])
+        self._accumulate(sums, grads, params)
+        return losses.detach().mean()
+
+    def _closure_pass(self, closure: Callable, params: list, sums: list) -> Tensor:
+        return self._closure_statistics(closure, params, sums)
+
+    # ------------------------------------------------------------------ step
+    def step(self, closure: Optional[Callable[[], Tensor]] = None, *, per_example_grads=None):
+        """One step from per-example gradients: give either ``closure`` (returning per-example losses)
+        or ``per_example_grads``; see :mod:`blrlib.optim.vogn`. Returns the mean loss (closure) or None."""
+        if (closure is None) == (per_example_grads is None):
+            raise ValueError(
+                "OGN/VOGN need per-example gradients: pass exactly one of closure (returning per-example "
+                "losses of shape (M,)) or per_example_grads"
+            )
+        params = self._trainable()
+        sums: list = [None] * len(params)
+        loss = None
+        if closure is not None:
+            if not callable(closure):
+                raise ValueError(f"closure must be callable; got {type(closure).__name__}")
+            loss = self._closure_pass(closure, params, sums)
+        else:
+            grads = list(per_example_grads.values()) if isinstance(per_example_grads, Mapping) else per_example_grads
+            if isinstance(grads, Tensor) or not isinstance(grads, Sequence):
+                raise ValueError("per_example_grads must be a list (or dict) of tensors, one per trainable parameter")
+            if len(grads) != len(params):
+                raise ValueError(
+                    f"per_example_grads has {len(grads)} entries but the optimizer has {len(params)} "
+                    "parameters that require a gradient; they must match (use None to skip one)"
+                )
+            self._accumulate(sums, grads, params)
+        # Check everything before changing anything.
+        for k, acc in enumerate(sums):
+            if acc is not None and not (bool(torch.isfinite(acc[0]).all()) and bool(torch.isfinite(acc[1]).all())):
+                raise ValueError(
+                    f"the per-example gradients of parameter {k} (shape {tuple(params[k][1].shape)}) contain NaN "
+                    "or infinite values (or overflow when squared); the step was not taken and m, s are unchanged"
+                )
+        with torch.no_grad():
+            for (group, p), acc in zip(params, sums):
+                if acc is None:
+                    continue
+                st = self._state_for(p, group)
+                st["step"] += 1
+                count = acc[2]
+                ogn_update_(
+                    p,
+                    st["precision"],
+                    st.get("momentum"),
+                    acc[0] / count,
+                    acc[1] / count,
+                    step=int(st["step"].item()),
+                    lr=group["lr"],
+                    ess=group["ess"],
+                    beta1=group["beta1"],
+                    beta2=group["beta2"],
+                    prior_precision=group["prior_precision"],
+                    debias=group["debias"],
+                )
+        return loss
+
+
+class VOGN(OGN):
+    r"""Variational online Gauss-Newton (VOGN): OGN with the gradients taken at samples from :math:`q`.
+
+    .. math::
+
+        \theta_k = m + \epsilon_k/\sqrt{s},\ \epsilon_k\sim\mathcal N(0, I),\quad
+        \hat g = \tfrac1{KM}\textstyle\sum_{k,i} g_i(\theta_k),\quad
+        \hat h = \tfrac1{KM}\textstyle\sum_{k,i} g_i(\theta_k)^2, \\
+        s \leftarrow (1-\rho) s + \rho(N\hat h + \delta), \qquad
+        \bar g \leftarrow \beta_1\bar g + (1-\beta_1)(N\hat g + \delta m), \qquad
+        m \leftarrow m - \alpha\,\frac{\bar g/(1-\beta_1^t)}{s}.
+
+    Arguments as :class:`OGN`, plus ``mc_samples`` :math:`K \ge 1` (default 1): ``step(closure)``
+    calls the closure :math:`K` times, each inside :meth:`sampled_params` with fresh noise (drawn
+    from ``generator``, per parameter in param-group order), and restores :math:`m` before the update.
+    With ``step(per_example_grads=...)`` compute the gradients yourself inside
+    ``with opt.sampled_params():`` (concatenate the rows of several samples).
+
+    Example::
+
+        import torch
+        from blrlib.optim.vogn import VOGN
+        model = torch.nn.Linear(3, 1)
+        X, y = torch.randn(64, 3), torch.randn(64, 1)
+        opt = VOGN(model.parameters(), lr=0.1, ess=64, mc_samples=2)
+        for _ in range(5):
+            opt.step(lambda: 0.5 * (model(X) - y).pow(2).sum(1))
+        with torch.no_grad(), opt.sampled_params():   # predict with a posterior sample
+            pred = model(X)
+
+    Reference: Osawa et al., "Practical Deep Learning with Bayesian Principles", NeurIPS 2019;
+    Khan et al., "Fast and Scalable Bayesian Deep Learning by Weight-Perturbation in Adam", ICML 2018.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.1,
+        ess: float | None = None,
+        beta1: float = 0.0,
+        beta2: float = 0.999,
+        prior_precision: float = 1.0,
+        init_precision: float | None = None,
+        debias: bool = True,
+        mc_samples: int = 1,
+        *,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(
+            params,
+            lr=lr,
+            ess=ess,
+            beta1=beta1,
+            beta2=beta2,
+            prior_precision=prior_precision,
+            init_precision=init_precision,
+            debias=debias,
+            generator=generator,
+            _extra_defaults=dict(mc_samples=mc_samples),
+        )
+
+    def _validate_group(self, g: dict) -> None:
+        super()._validate_group(g)
+        k = g["mc_samples"]
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"Invalid mc_samples: {k!r} (must be an integer >= 1)")
+
+    def _closure_pass(self, closure: Callable, params: list, sums: list) -> Tensor:
+        # One sample draws noise for every parameter, so K is global: the largest over the groups.
+        samples = max(int(g["mc_samples"]) for g in self.param_groups)
+        total = None
+        for _ in range(samples):
+            with self.sampled_params():
+                loss = self._closure_statistics(closure, params, sums)
+            total = loss if total is None else total + loss
+        return total / samples
