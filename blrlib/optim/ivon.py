@@ -219,7 +219,7 @@ class IVON(Optimizer):
         self.skip_nonfinite = bool(skip_nonfinite)
         self.process_group = process_group
         self.skipped_steps = 0
-        # Work buffers (never saved): noise, saved mean, cached sigma, MC sums.
+        # Work buffers (never saved): noise, saved mean, cached r = 1/sqrt(h + delta), MC sums.
         self._work: dict = {}
         self._acc: dict = {}
         self._pending = False  # a train sample whose gradient is still in p.grad
@@ -265,7 +265,11 @@ class IVON(Optimizer):
         return st
 
     def _work_for(self, p: Tensor, group: dict) -> dict:
-        """Noise, saved-mean and sigma buffers of ``p``, allocated once."""
+        r"""Noise, saved-mean and ``rsd`` buffers of ``p``, allocated once.
+
+        ``rsd`` caches :math:`r = 1/\sqrt{h+\delta}` (so :math:`\sigma = r/\sqrt{\lambda}`); it only
+        changes in ``step()``, so sampling costs no extra pass. ``ess`` enters as a scalar.
+        """
         w = self._work.get(p)
         st = self._init_state(p, group)
         if w is None:
@@ -273,13 +277,13 @@ class IVON(Optimizer):
             w = {
                 "noise": torch.empty_like(p, dtype=dt, memory_format=torch.preserve_format),
                 "mean": torch.empty_like(p, memory_format=torch.preserve_format),
-                "sigma": torch.empty_like(p, dtype=dt, memory_format=torch.preserve_format),
+                "rsd": torch.empty_like(p, dtype=dt, memory_format=torch.preserve_format),
                 "key": None,
             }
             self._work[p] = w
-        key = (float(group["ess"]), float(group["weight_decay"]))
-        if w["key"] != key:  # sigma = 1/sqrt(ess (h + delta)), recomputed if ess or delta changed
-            self._sigma_from_hess_(w["sigma"], st["hess"], *key)
+        key = float(group["weight_decay"])
+        if w["key"] != key:  # recomputed if delta changed since the last step
+            torch.add(st["hess"], key, out=w["rsd"]).rsqrt_()
             w["key"] = key
         return w
 
@@ -333,11 +337,12 @@ class IVON(Optimizer):
                 else:
                     noises = [w["noise"] for w in ws]
                 means = [w["mean"] for w in ws]
-                sigmas = [w["sigma"] for w in ws]
+                rsds = [w["rsd"] for w in ws]
                 self._draw_(noises, group)
                 torch._foreach_copy_(means, ps)
                 touched.append((ps, means))
-                torch._foreach_addcmul_(ps, noises, sigmas)
+                # theta = m + sigma eps, sigma = r / sqrt(ess)
+                torch._foreach_addcmul_(ps, noises, rsds, value=1.0 / math.sqrt(float(group["ess"])))
         self._sampling = True
         ok = False
         try:
@@ -528,10 +533,11 @@ class IVON(Optimizer):
         states = [self.state[p] for p in params]
         moms = [s["momentum"] for s in states]
         hess = [s["hess"] for s in states]
-        sigmas = [w["sigma"] for w in works]
+        rsds = [w["rsd"] for w in works]  # r = 1/sqrt(h + delta) of the sample; sigma = r / sqrt(ess)
         scratch = [w["noise"] for w in works]  # free once the Hessian statistic is consumed
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1.0)
+        sq = math.sqrt(ess)
 
         # momentum: gbar <- b1 gbar + (1 - b1) ghat, ghat = scale * sum g
         if scale == 1.0:
@@ -540,45 +546,43 @@ class IVON(Optimizer):
             torch._foreach_mul_(moms, b1)
             torch._foreach_add_(moms, grads, alpha=(1.0 - b1) * scale)
 
-        # Hessian: with e = hhat - h and w = e * sigma (sigma of the sample, 1/(h+delta) = ess sigma^2)
-        # h <- h + (1 - b2) e + 0.5 (1 - b2)^2 ess w^2
+        # Hessian, with e = hhat - h and w = e sigma (1/(h + delta) = ess sigma^2):
+        #   h <- h + (1 - b2) e + 0.5 (1 - b2)^2 e^2 / (h + delta) = h + (1 - b2) w / sigma + 0.5 (1 - b2)^2 ess w^2
         if price:
-            # hstats holds sum eps*g; hhat = scale * hstats / sigma, so w = scale*hstats - h*sigma
+            # hstats = sum eps*g, hhat = scale * hstats / sigma, so w = scale * hstats - h sigma
             if scale != 1.0:
                 torch._foreach_mul_(hstats, scale)
-            torch._foreach_addcmul_(hstats, hess, sigmas, value=-1.0)
-            torch._foreach_addcdiv_(hess, hstats, sigmas, value=1.0 - b2)
+            torch._foreach_addcmul_(hstats, hess, rsds, value=-1.0 / sq)
+            torch._foreach_addcdiv_(hess, hstats, rsds, value=(1.0 - b2) * sq)
         else:
+            # hhat = ess * scale * sum g^2
             torch._foreach_mul_(hstats, scale * ess)
             torch._foreach_sub_(hstats, hess)
             torch._foreach_add_(hess, hstats, alpha=1.0 - b2)
-            torch._foreach_mul_(hstats, sigmas)
+            torch._foreach_mul_(hstats, rsds)
+            torch._foreach_mul_(hstats, 1.0 / sq)
         torch._foreach_addcmul_(hess, hstats, hstats, value=0.5 * (1.0 - b2) ** 2 * ess)
 
-        # mean: m <- m - alpha clip((gbar / bc + delta m) / (h + delta)), 1/(h+delta) = ess sigma_new^2
-        if group["rescale_lr"]:
-            alpha = lr * (group["hess_init"] + wd)
-        else:
-            alpha = lr
+        # mean: m <- m - alpha clip((gbar / bc + delta m) / (h + delta), +-r)
+        alpha = lr * (group["hess_init"] + wd) if group["rescale_lr"] else lr
         bcs = []
-        for s, mo, p, sc in zip(steps, moms, params, scratch):
-            bc = 1.0 - b1 ** float(s.item()) if group["debias"] else 1.0
+        for s_, mo, p, sc, rs, h in zip(steps, moms, params, scratch, rsds, hess):
+            bc = 1.0 - b1 ** float(s_.item()) if group["debias"] else 1.0
             bcs.append(bc)
-            torch.add(mo, p, alpha=wd * bc, out=sc)  # sc = bc * (gbar/bc + delta m)
-        for sg, h in zip(sigmas, hess):
-            self._sigma_from_hess_(sg, h, ess, wd)
+            torch.add(mo, p, alpha=wd * bc, out=sc)  # sc = bc (gbar / bc + delta m)
+            torch.add(h, wd, out=rs)  # rs = h + delta (becomes 1/sqrt(h + delta) below)
         for w in works:
-            w["key"] = (ess, wd)
-        torch._foreach_mul_(scratch, sigmas)
-        r = group["clip_radius"]
-        if math.isinf(r):
-            torch._foreach_addcmul_(params, scratch, sigmas, [-alpha * ess / bc for bc in bcs])
+            w["key"] = wd
+        radius = group["clip_radius"]
+        if math.isinf(radius):
+            torch._foreach_addcdiv_(params, scratch, rsds, [-alpha / bc for bc in bcs])
         else:
-            torch._foreach_mul_(scratch, sigmas)
-            torch._foreach_mul_(scratch, [ess / bc for bc in bcs])
-            torch._foreach_clamp_min_(scratch, -r)
-            torch._foreach_clamp_max_(scratch, r)
+            torch._foreach_div_(scratch, rsds)
+            torch._foreach_mul_(scratch, [1.0 / bc for bc in bcs])
+            torch._foreach_clamp_min_(scratch, -radius)
+            torch._foreach_clamp_max_(scratch, radius)
             torch._foreach_add_(params, scratch, alpha=-alpha)
+        torch._foreach_rsqrt_(rsds)
 
     # ------------------------------------------------------------------ read-outs
     @torch.no_grad()

@@ -1,0 +1,244 @@
+"""Benchmark: IVON train steps against AdamW and ivon-opt.
+
+Times, interleaved round by round (so that load changes hit every method alike), on MLPs
+of about 0.13 M and 2.4 M parameters:
+
+* ``train``: one whole train step (zero_grad, sample, forward, backward, restore, step);
+* ``opt``:   the optimizer's own work in that step with the gradients already there
+  (AdamW: ``step()``; IVON: entering and leaving ``sampled_params(train=True)`` plus
+  ``step()``, i.e. including the Gaussian draw);
+* ``draw``:  one ``normal_`` over every parameter tensor (the yardstick);
+* peak memory, in a fresh subprocess per optimizer (see ``--help`` and README.md).
+
+Usage::
+
+    python benchmarks/optim_step.py                 # CPU, 2 threads, prints a markdown table
+    python benchmarks/optim_step.py --device cuda
+    python benchmarks/optim_step.py --quick         # fewer repeats
+
+Medians over the repeats are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from blrlib.optim import IVON  # noqa: E402
+
+try:
+    import ivon as ivon_opt  # GPL-3, benchmark/test oracle only
+except ImportError:  # pragma: no cover
+    ivon_opt = None
+
+SIZES = {"0.13M": (784, [150, 100], 10), "2.4M": (784, [2048, 384], 10)}
+
+
+def make_mlp(size, device, seed=0):
+    torch.manual_seed(seed)
+    d_in, hidden, d_out = SIZES[size]
+    layers, d = [], d_in
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU()]
+        d = h
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers).to(device)
+
+
+def make_opt(name, model):
+    ps = model.parameters()
+    if name == "adamw":
+        return torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-4, foreach=True)
+    if name == "ivon-opt":
+        return ivon_opt.IVON(ps, lr=0.1, ess=50_000)
+    if name == "blrlib":
+        return IVON(ps, lr=0.1, ess=50_000)
+    raise ValueError(name)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_step(name, model, opt, X, y):
+    opt.zero_grad()
+    if name == "adamw":
+        nn.functional.cross_entropy(model(X), y).backward()
+    else:
+        with opt.sampled_params(train=True):
+            nn.functional.cross_entropy(model(X), y).backward()
+    opt.step()
+
+
+def opt_only(name, model, opt):
+    """The optimizer's work of one step with gradients already in place."""
+    if name == "adamw":
+        opt.step()
+        return
+    with opt.sampled_params(train=True):
+        pass
+    opt.step()
+
+
+def bench(device, sizes, batches, methods, rounds, reps):
+    rows = []
+    for size in sizes:
+        models = {m: make_mlp(size, device) for m in methods}
+        opts = {m: make_opt(m, models[m]) for m in methods}
+        nparams = sum(p.numel() for p in models[methods[0]].parameters())
+        bufs = [torch.empty_like(p) for p in models[methods[0]].parameters()]
+        for batch in batches:
+            g = torch.Generator().manual_seed(0)
+            X = torch.randn(batch, SIZES[size][0], generator=g).to(device)
+            y = torch.randint(0, 10, (batch,), generator=g).to(device)
+            t = {("train", m): [] for m in methods}
+            t.update({("opt", m): [] for m in methods})
+            t[("draw", "")] = []
+            for m in methods:  # warm-up
+                for _ in range(3):
+                    train_step(m, models[m], opts[m], X, y)
+            for _ in range(rounds):
+                for m in methods:
+                    for _ in range(reps):
+                        sync(device)
+                        a = time.perf_counter()
+                        train_step(m, models[m], opts[m], X, y)
+                        sync(device)
+                        t[("train", m)].append(time.perf_counter() - a)
+                for m in methods:
+                    for _ in range(reps):
+                        sync(device)
+                        a = time.perf_counter()
+                        opt_only(m, models[m], opts[m])
+                        sync(device)
+                        t[("opt", m)].append(time.perf_counter() - a)
+                for _ in range(reps):
+                    sync(device)
+                    a = time.perf_counter()
+                    for b in bufs:
+                        b.normal_()
+                    sync(device)
+                    t[("draw", "")].append(time.perf_counter() - a)
+            med = {k: 1e3 * statistics.median(v) for k, v in t.items()}
+            rows.append(dict(size=size, nparams=nparams, batch=batch, ms=med))
+            print(f"# {size} batch {batch}: " + ", ".join(f"{k[0]}/{k[1]} {v:.2f}" for k, v in med.items()),
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- memory
+_MEM_CHILD = r"""
+import json, resource, sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads({threads})
+from benchmarks.optim_step import make_mlp, make_opt, train_step
+dev = torch.device({device!r})
+model = make_mlp({size!r}, dev)
+X = torch.randn({batch}, 784, device=dev); y = torch.randint(0, 10, ({batch},), device=dev)
+def rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# baseline: model, grads and activations of a plain forward/backward, no optimizer
+for _ in range(3):
+    model.zero_grad(set_to_none=False)
+    torch.nn.functional.cross_entropy(model(X), y).backward()
+if dev.type == "cuda":
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.max_memory_allocated()
+else:
+    base = rss()
+opt = make_opt({name!r}, model)
+for _ in range(5):
+    train_step({name!r}, model, opt, X, y)
+if dev.type == "cuda":
+    torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated()
+else:
+    peak = rss()
+# bytes of tensors the optimizer keeps between steps
+held = 0
+seen = set()
+def walk(o):
+    global held
+    if isinstance(o, torch.Tensor):
+        if o.data_ptr() not in seen and o.numel() > 1:
+            seen.add(o.data_ptr()); held += o.numel() * o.element_size()
+    elif isinstance(o, dict):
+        for v in o.values(): walk(v)
+    elif isinstance(o, (list, tuple)):
+        for v in o: walk(v)
+walk(dict(opt.state)); walk(opt.param_groups); walk(getattr(opt, "_work", {{}})); walk(getattr(opt, "_acc", {{}}))
+pbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+print(json.dumps(dict(extra=peak - base, held=held, pbytes=pbytes)))
+"""
+
+
+def memory(device, size, batch, methods, threads):
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    out = {}
+    for m in methods:
+        code = _MEM_CHILD.format(root=root, threads=threads, device=str(device), size=size, batch=batch, name=m)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out[m] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+def table(rows, mem, device):
+    lines = []
+    lines.append(f"Device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}. Times in ms (medians).")
+    lines.append("")
+    lines.append("| MLP | batch | AdamW train | ivon-opt train | blrlib train | AdamW opt | ivon-opt opt | blrlib opt "
+                 "| draw | speed-up vs ivon-opt | (blrlib-AdamW)/draw | blrlib/AdamW |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ms = r["ms"]
+        at, it, bt = ms[("train", "adamw")], ms.get(("train", "ivon-opt"), float("nan")), ms[("train", "blrlib")]
+        lines.append(
+            f"| {r['size']} | {r['batch']} | {at:.2f} | {it:.2f} | {bt:.2f} | {ms[('opt', 'adamw')]:.2f} "
+            f"| {ms.get(('opt', 'ivon-opt'), float('nan')):.2f} | {ms[('opt', 'blrlib')]:.2f} | {ms[('draw', '')]:.2f} "
+            f"| {it / bt:.2f}x | {(bt - at) / ms[('draw', '')]:.2f} | {bt / at:.2f} |"
+        )
+    if mem:
+        lines.append("")
+        lines.append("Memory (2.4M MLP, batch 128), in parameter-sized buffers (1 = "
+                     f"{next(iter(mem.values()))['pbytes'] / 2**20:.1f} MiB): `peak` = rise of the peak over a "
+                     "forward/backward without optimizer (peak RSS on CPU, `max_memory_allocated` on CUDA); "
+                     "`held` = bytes of tensors the optimizer keeps between steps.")
+        lines.append("")
+        lines.append("| optimizer | peak (buffers) | held (buffers) |")
+        lines.append("|---|---|---|")
+        for m, v in mem.items():
+            lines.append(f"| {m} | {v['extra'] / v['pbytes']:.2f} | {v['held'] / v['pbytes']:.2f} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sizes", default="0.13M,2.4M")
+    ap.add_argument("--batches", default="64,128,512")
+    ap.add_argument("--no-memory", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    methods = ["adamw", "blrlib"] + (["ivon-opt"] if ivon_opt is not None else [])
+    rounds = 3 if args.quick else args.rounds
+    rows = bench(device, args.sizes.split(","), [int(b) for b in args.batches.split(",")], methods, rounds, args.reps)
+    mem = {} if args.no_memory else memory(device, "2.4M", 128, methods, args.threads)
+    print(table(rows, mem, device))
+
+
+if __name__ == "__main__":
+    main()

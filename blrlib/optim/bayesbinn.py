@@ -1,0 +1,562 @@
+r"""Binary neural networks from the Bayesian learning rule: the straight-through estimator and BayesBiNN.
+
+Every binary weight :math:`\theta_i \in \{-1, +1\}` gets a Bernoulli candidate on the support
+:math:`\{-1, +1\}` (:class:`blrlib.families.Bernoulli` with ``support=(-1, 1)``),
+
+.. math::
+
+    q_\lambda(\theta_i) = \exp\big(\lambda_i\theta_i - \log(e^{\lambda_i} + e^{-\lambda_i})\big), \qquad
+    p_i = q(\theta_i = +1) = \sigma(2\lambda_i), \qquad \mu_i = \E_q[\theta_i] = \tanh(\lambda_i).
+
+The model's parameter tensors hold the natural parameters :math:`\lambda` (the "latent weights"); the
+weights the network computes with are written into them only inside :meth:`_BinaryRule.sampled_params`
+blocks. With the loss of the whole data set written as :math:`\bar\ell(\theta) = N\,\hat\ell(\theta) -
+\lambda_0^\top\theta`, where :math:`\hat\ell` is the *mean* loss of a minibatch (what ``loss.backward()``
+differentiates), :math:`N` the number of training examples (``ess``) and :math:`\lambda_0` the natural
+parameter of a Bernoulli prior (``prior_lambda``; 0 is the uniform prior), the rule is
+
+.. math::
+
+    \lambda \leftarrow (1-\rho)\,\lambda - \rho\,\big(\hat\gv_\mu - \lambda_0\big), \qquad
+    \hat\gv_\mu \approx \nabla_\mu \E_q[N\hat\ell(\theta)],
+
+and the two optimizers differ only in the estimate :math:`\hat\gv_\mu`:
+
+* :class:`STE` -- the delta method, :math:`\E_q[\hat\ell(\theta)] \approx \hat\ell(w)`, so
+  :math:`\hat\gv_\mu = N\nabla\hat\ell(w)`: the gradient with respect to the weights the network used is
+  applied to the latent weights unchanged (straight through). ``forward="mean"`` takes
+  :math:`w = \mu = \tanh\lambda` (the delta method at the mean, the rule exactly as in
+  :func:`blrlib.rule.blr_step`); ``forward="sign"`` takes :math:`w = \mathrm{sign}(\lambda)`, the mode of
+  :math:`q` (a binary network, the straight-through estimator practitioners use). With
+  :math:`\eta = \rho N` the update is SGD with weight decay :math:`1/N` on the latent weights:
+  :math:`\lambda \leftarrow \lambda - \eta(\nabla\hat\ell(w) + \lambda/N) + \rho\lambda_0`.
+* :class:`BayesBiNN` -- the Gumbel-softmax (concrete) relaxation of Meng, Bachmann & Khan (2020):
+  with :math:`\epsilon \sim \mathcal U(0, 1)`, :math:`\delta = \tfrac12\log\frac{\epsilon}{1-\epsilon}`
+  and temperature :math:`\tau`, the network computes with the relaxed sample
+  :math:`w_r = \tanh((\lambda + \delta)/\tau)` and
+
+  .. math::
+
+      \hat\gv_\mu = \frac1M\sum_{j=1}^M \sv^{(j)}\odot\gv^{(j)}, \qquad
+      \gv^{(j)} = \nabla\hat\ell(w_r^{(j)}), \qquad
+      \sv^{(j)} = \frac{N\,(1 - (w_r^{(j)})^2)}{\tau\,(1 - \tanh^2\lambda)},
+
+  the reparameterised gradient :math:`\partial\hat\ell(w_r)/\partial\mu` of the relaxed loss
+  (:math:`\partial w_r/\partial\lambda = (1-w_r^2)/\tau` and :math:`\partial\mu/\partial\lambda = 1 -
+  \tanh^2\lambda`). This is Algorithm 1 of the paper. The ratio :math:`(1-w_r^2)/(1-\tanh^2\lambda) =
+  \cosh^2\lambda/\cosh^2((\lambda+\delta)/\tau)` is computed in log space, so it stays finite when both
+  hyperbolic tangents round to :math:`\pm 1`.
+
+Both optimizers optionally average the natural-gradient direction with momentum :math:`\beta`
+(``momentum``; the paper's released code does this), with Adam's bias correction:
+
+.. math::
+
+    \mathbf{d} = \hat\gv_\mu + \lambda - \lambda_0, \qquad
+    \mathbf{u} \leftarrow \beta\mathbf{u} + (1-\beta)\,\mathbf{d}, \qquad
+    \lambda \leftarrow \lambda - \rho\,\mathbf{u}/(1-\beta^t);
+
+:math:`\beta = 0` (the default) is the rule itself, :math:`\lambda \leftarrow \lambda - \rho\mathbf{d}`.
+
+Protocol (both classes)::
+
+    import torch
+    from blrlib.optim.bayesbinn import BayesBiNN
+    model = torch.nn.Linear(4, 3, bias=False)          # its weight holds lambda
+    X, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    opt = BayesBiNN(model.parameters(), lr=1e-2, ess=32, generator=torch.Generator().manual_seed(0))
+    for _ in range(5):
+        with opt.sampled_params(train=True):           # weights hold w_r here
+            loss = torch.nn.functional.cross_entropy(model(X), y)
+            loss.backward()                             # p.grad = gradient w.r.t. w_r
+        opt.step()                                      # weights hold lambda again, now updated
+    with torch.no_grad(), opt.binary_params():          # weights hold sign(lambda): a binary network
+        pred = model(X).argmax(-1)
+
+Entering ``sampled_params(train=True)`` clears the managed parameters' gradients (each sample has its
+own gradient), and leaving it reads ``p.grad`` -- so ``backward`` must be called inside the block, as the
+weights change on exit -- and adds its term to a running sum; the gradient stays in ``p.grad`` for
+inspection. ``M`` blocks before :meth:`step` average ``M`` samples (``mc_samples`` is how many
+``step(closure)`` draws); for :class:`STE` several blocks are gradient accumulation. The latent
+:math:`\lambda` is restored in a ``finally`` clause, so an exception inside a block leaves no sampled
+weights behind (and the failed sample is discarded). A NaN or infinite gradient raises
+:class:`ValueError` on leaving the block; :math:`\lambda` and the optimizer state are left unchanged and
+the samples of the current step are discarded.
+
+Pass only the parameters that should be binary; real-valued ones (biases, normalisation layers) belong to
+another optimizer, whose ``step`` can run beside this one.
+
+References: M. E. Khan and H. Rue, "The Bayesian Learning Rule", JMLR 2023, Sec. 4.5;
+X. Meng, R. Bachmann and M. E. Khan, "Training Binary Neural Networks using the Bayesian Learning Rule",
+ICML 2020; Y. Bengio, N. Léonard and A. Courville, "Estimating or Propagating Gradients Through
+Stochastic Neurons", 2013; M. Courbariaux, Y. Bengio and J.-P. David, "BinaryConnect", NeurIPS 2015;
+C. J. Maddison, A. Mnih and Y. W. Teh, "The Concrete Distribution", ICLR 2017; E. Jang, S. Gu and
+B. Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _validation as _v
+
+__all__ = [
+    "STE",
+    "BayesBiNN",
+    "sign_weights",
+    "relaxed_sample",
+    "relaxation_scale",
+    "binary_rule_step",
+]
+
+_LOG2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------- functional forms
+def sign_weights(lam: Tensor) -> Tensor:
+    r"""The mode of :math:`q`: :math:`+1` where :math:`\lambda \ge 0`, :math:`-1` elsewhere (never 0)."""
+    one = torch.ones((), dtype=lam.dtype, device=lam.device)
+    return torch.where(lam >= 0, one, -one)
+
+
+def relaxed_sample(lam: Tensor, uniform: Tensor, temperature: float) -> Tensor:
+    r"""The concrete (Gumbel-softmax) relaxation of a :math:`\{-1, +1\}` Bernoulli sample.
+
+    :math:`w_r = \tanh\big((\lambda + \delta)/\tau\big)` with :math:`\delta = \tfrac12\log\frac{\epsilon}{1-\epsilon}`,
+    :math:`\epsilon` = ``uniform`` in :math:`[0, 1)` and :math:`\tau` = ``temperature``. As
+    :math:`\tau \to 0`, :math:`w_r \to \mathrm{sign}(\lambda + \delta)`, which is :math:`+1` with
+    probability :math:`\sigma(2\lambda)`: an exact sample of :math:`q`.
+    """
+    delta = 0.5 * torch.log(uniform / (1.0 - uniform))
+    return torch.tanh((lam + delta) / temperature)
+
+
+def _log_cosh(z: Tensor) -> Tensor:
+    a = z.abs()
+    return a + torch.log1p(torch.exp(-2.0 * a)) - _LOG2
+
+
+def relaxation_scale(lam: Tensor, uniform: Tensor, temperature: float) -> Tensor:
+    r"""The factor :math:`\partial w_r/\partial\mu = (1 - w_r^2)/\big(\tau(1 - \tanh^2\lambda)\big)` (without :math:`N`).
+
+    Computed as :math:`\exp\big(2\log\cosh\lambda - 2\log\cosh((\lambda+\delta)/\tau)\big)/\tau`, which equals
+    the quotient but never forms :math:`0/0` when :math:`|\lambda|` is large.
+    """
+    delta = 0.5 * torch.log(uniform / (1.0 - uniform))
+    x = (lam + delta) / temperature
+    return torch.exp(2.0 * (_log_cosh(lam) - _log_cosh(x))) / temperature
+
+
+def binary_rule_step(
+    lam: Tensor,
+    grad_mu: Tensor,
+    *,
+    lr: float,
+    prior_lambda: float | Tensor = 0.0,
+) -> Tensor:
+    r"""One step of the rule for a :math:`\{-1,+1\}` Bernoulli candidate; pure (returns a new tensor).
+
+    .. math::
+
+        \lambda' = (1-\rho)\,\lambda - \rho\,(\hat\gv_\mu - \lambda_0)
+
+    Symbols: :math:`\rho` = ``lr``, :math:`\hat\gv_\mu` = ``grad_mu`` (an estimate of
+    :math:`\nabla_\mu\E_q[N\hat\ell]`), :math:`\lambda_0` = ``prior_lambda``.
+    """
+    lr = _v.check_real("lr", lr, low=0.0, high=1.0)
+    return lam - lr * (grad_mu + lam - prior_lambda)
+
+
+# ---------------------------------------------------------------- the optimizers
+class _BinaryRule(Optimizer):
+    """Shared machinery of :class:`STE` and :class:`BayesBiNN` (see the module docstring)."""
+
+    def __init__(self, params, defaults: dict, generator: Optional[torch.Generator]):
+        self._validate_group(defaults)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
+        self.generator = generator
+        self._work: dict = {}
+        self._acc: dict = {}
+        self._num_samples = 0
+        self._sampling = False
+        super().__init__(params, defaults)
+
+    # -------------------------------------------------------------- arguments
+    def _validate_group(self, g: dict) -> None:
+        _v.check_real("lr", g["lr"], low=0.0, high=1.0)
+        _v.check_real("ess", g["ess"], low=0.0, low_open=True)
+        _v.check_real("prior_lambda", g["prior_lambda"])
+        _v.check_real("momentum", g["momentum"], low=0.0, high=1.0, high_open=True)
+        _v.check_int("mc_samples", g["mc_samples"], low=1)
+
+    def add_param_group(self, param_group: dict) -> None:
+        for k, v in self.defaults.items():
+            param_group.setdefault(k, v)
+        self._validate_group(param_group)
+        params = param_group["params"]
+        for p in [params] if isinstance(params, Tensor) else list(params):
+            if isinstance(p, Tensor) and not p.is_floating_point():
+                raise ValueError(f"Invalid params: a tensor of dtype {p.dtype} (binary weights need a floating dtype)")
+        if not isinstance(params, Tensor):
+            param_group["params"] = list(params)
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("_work", {})
+        self.__dict__.setdefault("_acc", {})
+        self.__dict__.setdefault("_num_samples", 0)
+        self.__dict__.setdefault("_sampling", False)
+        self.__dict__.setdefault("generator", None)
+
+    # -------------------------------------------------------------- hooks for the subclasses
+    def _train_weights_(self, p: Tensor, lam: Tensor, group: dict) -> None:
+        """Write the weights the network computes with into ``p`` (which holds ``lam`` on entry)."""
+        raise NotImplementedError
+
+    def _grad_mu(self, p: Tensor, grad: Tensor, group: dict) -> Tensor:
+        """This sample's estimate of the gradient with respect to mu (the N factor included)."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- helpers
+    def _managed(self, group: dict) -> list:
+        return [p for p in group["params"] if p.requires_grad]
+
+    def _uniform(self, p: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+        if generator is not None and generator.device.type != p.device.type:
+            raise ValueError(f"Invalid generator: on {generator.device}, but parameters are on {p.device}")
+        return torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device)
+
+    def _saved_lambda(self, p: Tensor) -> Tensor:
+        w = self._work.setdefault(p, {})
+        buf = w.get("lam")
+        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+            buf = w["lam"] = torch.empty_like(p, memory_format=torch.preserve_format)
+        buf.copy_(p)
+        return buf
+
+    def _discard_samples(self) -> None:
+        self._acc.clear()
+        self._num_samples = 0
+
+    # -------------------------------------------------------------- the protocol
+    @contextmanager
+    def sampled_params(self, train: bool = False) -> Iterator[None]:
+        r"""Inside the block the parameters hold the weights the network computes with.
+
+        :class:`STE`: :math:`\tanh\lambda` (``forward="mean"``) or :math:`\mathrm{sign}\lambda`
+        (``forward="sign"``); :class:`BayesBiNN`: a fresh relaxed sample :math:`w_r`. On exit
+        :math:`\lambda` is restored (also when the block raises). With ``train=True`` the gradients
+        are cleared on entry and, on a normal exit, this sample's :math:`\hat\gv_\mu` is added to the
+        sums that the next :meth:`step` averages; with ``train=False`` nothing is recorded.
+        """
+        if self._sampling:
+            raise RuntimeError(f"{type(self).__name__}.sampled_params() blocks cannot be nested")
+        touched = []
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in self._managed(group):
+                    lam = self._saved_lambda(p)
+                    if train:
+                        p.grad = None
+                    self._train_weights_(p, lam, group)
+                    touched.append((p, lam, group))
+        self._sampling = True
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            with torch.no_grad():
+                for p, lam, _ in touched:
+                    p.copy_(lam)
+            self._sampling = False
+        if train and ok:
+            self._fold(touched)
+
+    @torch.no_grad()
+    def _fold(self, touched: list) -> None:
+        terms = []
+        for p, lam, group in touched:
+            if p.grad is None:
+                continue
+            g = p.grad
+            if g.is_sparse:
+                raise ValueError(f"Invalid gradient: {type(self).__name__} does not support sparse gradients")
+            if not bool(torch.isfinite(g).all()):
+                self._discard_samples()
+                raise ValueError(
+                    f"Invalid gradient: a parameter of shape {tuple(p.shape)} has a NaN or infinite gradient; "
+                    "the sample was discarded (lambda and the optimizer state are unchanged)"
+                )
+            terms.append((p, self._grad_mu(p, g, group)))
+        for p, term in terms:
+            acc = self._acc.get(p)
+            if acc is None:
+                self._acc[p] = term.clone()
+            else:
+                acc.add_(term)
+        self._num_samples += 1
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+        r"""Update :math:`\lambda` from the samples taken since the last step (see the class docstring).
+
+        With a ``closure`` (which computes the loss, calls ``backward`` and returns the loss), it is
+        called ``mc_samples`` times (of the first group), each inside ``sampled_params(train=True)``; the
+        mean of the returned losses is returned.
+        """
+        loss = None
+        if closure is not None:
+            losses = []
+            for _ in range(int(self.param_groups[0]["mc_samples"])):
+                with torch.enable_grad(), self.sampled_params(train=True):
+                    losses.append(closure())
+            loss = torch.stack([torch.as_tensor(v).detach().float() for v in losses]).mean()
+        if self._num_samples == 0:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() needs at least one `with optimizer.sampled_params(train=True):` "
+                "block (forward and backward inside it) since the last step"
+            )
+        m = float(self._num_samples)
+        for group in self.param_groups:
+            rho, lam0, beta = group["lr"], group["prior_lambda"], group["momentum"]
+            for p in self._managed(group):
+                acc = self._acc.get(p)
+                if acc is None:
+                    continue
+                st = self.state[p]
+                if len(st) == 0:
+                    st["step"] = torch.zeros((), dtype=torch.float32)
+                    if beta > 0:
+                        st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["step"] += 1
+                # d = g_mu + lambda - lambda_0 (the natural gradient of the objective)
+                d = acc.div_(m).add_(p).sub_(lam0)
+                if beta > 0:
+                    buf = st.get("momentum_buffer")
+                    if buf is None:
+                        buf = st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    buf.mul_(beta).add_(d, alpha=1.0 - beta)
+                    bias = 1.0 - beta ** float(st["step"])
+                    p.add_(buf, alpha=-rho / bias)
+                else:
+                    p.add_(d, alpha=-rho)
+        self._discard_samples()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients (the sums of the current step are kept)."""
+        super().zero_grad(set_to_none=set_to_none)
+
+    # -------------------------------------------------------------- read-outs and prediction
+    @torch.no_grad()
+    def probs(self) -> list:
+        r""":math:`p = q(\theta = +1) = \sigma(2\lambda)` for every managed parameter (new tensors, group order)."""
+        return [torch.sigmoid(2.0 * p.detach()) for g in self.param_groups for p in self._managed(g)]
+
+    @contextmanager
+    def binary_params(self, mode: str = "mode", generator: Optional[torch.Generator] = None) -> Iterator[None]:
+        r"""Inside the block the parameters hold binary weights; :math:`\lambda` is restored on exit.
+
+        ``mode="mode"``: :math:`\mathrm{sign}(\lambda)`, the most probable network under :math:`q`
+        (:math:`+1` where :math:`\lambda \ge 0`). ``mode="sample"``: a draw :math:`\theta \sim q`
+        (:math:`+1` with probability :math:`\sigma(2\lambda)`), from ``generator`` (default: the
+        optimizer's). Average predictions over several ``"sample"`` blocks for a Bayesian ensemble.
+        """
+        _v.check_choice("mode", mode, ("mode", "sample"))
+        if self._sampling:
+            raise RuntimeError(f"{type(self).__name__}.binary_params() cannot be nested in a sampling block")
+        gen = self.generator if generator is None else generator
+        touched = []
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in self._managed(group):
+                    lam = self._saved_lambda(p)
+                    if mode == "mode":
+                        p.copy_(sign_weights(lam))
+                    else:
+                        u = self._uniform(p, gen)
+                        p.copy_(torch.where(u < torch.sigmoid(2.0 * lam), 1.0, -1.0).to(p.dtype))
+                    touched.append((p, lam))
+        self._sampling = True
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, lam in touched:
+                    p.copy_(lam)
+            self._sampling = False
+
+    # -------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """torch's state dict plus ``"generator_state"`` (the noise generator's state, when one was given)."""
+        sd = super().state_dict()
+        if self.generator is not None:
+            sd["generator_state"] = self.generator.get_state()
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a checkpoint (and the generator's state, when both have one); pending samples are discarded."""
+        state_dict = dict(state_dict)
+        gen_state = state_dict.pop("generator_state", None)
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "step" in st:
+                    st["step"] = st["step"].detach().to(dtype=torch.float32, device="cpu").clone()
+        if gen_state is not None and self.generator is not None:
+            self.generator.set_state(gen_state)
+        self._work.clear()
+        self._discard_samples()
+
+
+class STE(_BinaryRule):
+    r"""The straight-through estimator as the Bayesian learning rule with the delta method.
+
+    Per binary weight, with latent weight (natural parameter) :math:`\lambda` held by the parameter:
+
+    .. math::
+
+        w &= \tanh\lambda \ (\texttt{forward="mean"}) \quad\text{or}\quad
+             w = \mathrm{sign}\,\lambda \ (\texttt{forward="sign"}), \\
+        \hat\gv_\mu &= N\,\nabla\hat\ell(w) \qquad\text{(straight through: no } \partial w/\partial\lambda\text{ factor)}, \\
+        \lambda &\leftarrow (1-\rho)\,\lambda - \rho\,(\hat\gv_\mu - \lambda_0).
+
+    ``forward="mean"`` is the rule with the delta method at the mean and equals
+    :func:`blrlib.rule.blr_step` for ``Bernoulli(..., support=(-1, 1))`` with
+    ``expectation_gradient(..., method="delta")``. ``forward="sign"`` evaluates the gradient at the mode
+    of :math:`q` instead, so the network is binary during training; it is SGD on the latent weights with
+    learning rate :math:`\rho N`, weight decay :math:`1/N` and an identity backward through
+    :math:`\mathrm{sign}`. (BinaryConnect clips the latent weights to :math:`[-1, 1]` instead of decaying
+    them.)
+
+    ============================  ==========================================================
+    :math:`\rho`                   ``lr`` in :math:`[0, 1]` (default 1e-3)
+    :math:`N`                      ``ess``: number of training examples (required)
+    :math:`\lambda_0`              ``prior_lambda``: natural parameter of the Bernoulli prior
+                                   (default 0, the uniform prior)
+    :math:`\beta`                  ``momentum`` in :math:`[0, 1)` (default 0: the rule)
+    ============================  ==========================================================
+
+    ``mc_samples`` (default 1) is the number of closure calls per ``step(closure)``. ``generator`` is
+    used by :meth:`binary_params` with ``mode="sample"``. See :mod:`blrlib.optim.bayesbinn` for the
+    protocol.
+    """
+
+    forward_modes = ("mean", "sign")
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        ess: float = None,  # type: ignore[assignment]
+        prior_lambda: float = 0.0,
+        momentum: float = 0.0,
+        forward: str = "sign",
+        mc_samples: int = 1,
+        *,
+        generator: Optional[torch.Generator] = None,
+    ):
+        if ess is None:
+            raise ValueError("Invalid ess: None (must be a finite number > 0: the number of training examples)")
+        defaults = dict(
+            lr=lr, ess=ess, prior_lambda=prior_lambda, momentum=momentum, forward=forward, mc_samples=mc_samples
+        )
+        super().__init__(params, defaults, generator)
+
+    def _validate_group(self, g: dict) -> None:
+        super()._validate_group(g)
+        _v.check_choice("forward", g["forward"], STE.forward_modes)
+
+    def _train_weights_(self, p: Tensor, lam: Tensor, group: dict) -> None:
+        if group["forward"] == "mean":
+            torch.tanh(lam, out=p)
+        else:
+            p.copy_(sign_weights(lam))
+
+    def _grad_mu(self, p: Tensor, grad: Tensor, group: dict) -> Tensor:
+        return grad.to(p.dtype) * float(group["ess"])
+
+
+class BayesBiNN(_BinaryRule):
+    r"""BayesBiNN (Meng, Bachmann & Khan, ICML 2020): the rule with the concrete relaxation.
+
+    Per binary weight, with natural parameter :math:`\lambda` held by the parameter, and ``M`` samples
+    (the ``sampled_params(train=True)`` blocks before :meth:`step`):
+
+    .. math::
+
+        \epsilon^{(j)} &\sim \mathcal U(0, 1), \qquad
+        \delta^{(j)} = \tfrac12\log\frac{\epsilon^{(j)}}{1-\epsilon^{(j)}}, \qquad
+        w_r^{(j)} = \tanh\big((\lambda + \delta^{(j)})/\tau\big), \\
+        \gv^{(j)} &= \nabla\hat\ell(w_r^{(j)}), \qquad
+        \sv^{(j)} = \frac{N\,(1 - (w_r^{(j)})^2)}{\tau\,(1 - \tanh^2\lambda)}, \\
+        \lambda &\leftarrow (1-\rho)\,\lambda - \rho\Big(\frac1M\sum_j \sv^{(j)}\odot\gv^{(j)} - \lambda_0\Big).
+
+    ============================  ==========================================================
+    :math:`\rho`                   ``lr`` in :math:`[0, 1]` (the paper's :math:`\alpha`; default 1e-3)
+    :math:`N`                      ``ess``: number of training examples (required)
+    :math:`\tau`                   ``temperature`` > 0 (default 1)
+    :math:`\lambda_0`              ``prior_lambda`` (default 0, the uniform prior)
+    :math:`\beta`                  ``momentum`` in :math:`[0, 1)` (default 0: Algorithm 1 of the paper)
+    :math:`M`                      the number of ``sampled_params(train=True)`` blocks before
+                                   ``step()``; ``mc_samples`` (default 1) for ``step(closure)``
+    ============================  ==========================================================
+
+    Noise: each block draws one ``torch.rand(p.shape, generator=generator, dtype=p.dtype,
+    device=p.device)`` per managed parameter, in param-group order; with the same ``generator`` seed a
+    run is reproducible, and :meth:`state_dict` carries the generator's state so that a resumed run
+    continues bit for bit. Prediction: :meth:`binary_params` (``mode="mode"`` for
+    :math:`\mathrm{sign}\lambda`, ``mode="sample"`` for ensemble members), :meth:`probs` for
+    :math:`p = \sigma(2\lambda)`.
+
+    Note: the authors' released code forms :math:`\tanh\lambda` in :math:`\sv` from the previous
+    iterate of :math:`\lambda`; this class follows the algorithm as written (the current :math:`\lambda`).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        ess: float = None,  # type: ignore[assignment]
+        temperature: float = 1.0,
+        prior_lambda: float = 0.0,
+        momentum: float = 0.0,
+        mc_samples: int = 1,
+        *,
+        generator: Optional[torch.Generator] = None,
+    ):
+        if ess is None:
+            raise ValueError("Invalid ess: None (must be a finite number > 0: the number of training examples)")
+        defaults = dict(
+            lr=lr,
+            ess=ess,
+            temperature=temperature,
+            prior_lambda=prior_lambda,
+            momentum=momentum,
+            mc_samples=mc_samples,
+        )
+        super().__init__(params, defaults, generator)
+
+    def _validate_group(self, g: dict) -> None:
+        super()._validate_group(g)
+        _v.check_real("temperature", g["temperature"], low=0.0, low_open=True)
+
+    def _train_weights_(self, p: Tensor, lam: Tensor, group: dict) -> None:
+        u = self._uniform(p, self.generator)
+        self._work[p]["uniform"] = u
+        p.copy_(relaxed_sample(lam, u, float(group["temperature"])))
+
+    def _grad_mu(self, p: Tensor, grad: Tensor, group: dict) -> Tensor:
+        w = self._work[p]
+        scale = relaxation_scale(w["lam"], w["uniform"], float(group["temperature"]))
+        return scale.mul_(grad.to(p.dtype)).mul_(float(group["ess"]))
