@@ -10,7 +10,7 @@ from . import classical, estimators, families, rule
 from .device import large_problems, pick_device, seed_everything
 from .estimators import delta_method, expectation_gradient, gauss_newton, monte_carlo
 from .families import Bernoulli, DiagonalGaussian, ExponentialFamily, FixedCovarianceGaussian, FullGaussian
-from .rule import blr_step, run_blr
+from .rule import blr_step, improved_blr_step, run_blr
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "FixedCovarianceGaussian",
     "FullGaussian",
     "blr_step",
+    "improved_blr_step",
     "run_blr",
     "delta_method",
     "monte_carlo",

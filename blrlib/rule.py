@@ -29,7 +29,7 @@ import torch
 from ._validation import as_float_tensor, check_rho, check_same_shape
 from .families.base import ExponentialFamily
 
-__all__ = ["blr_step", "run_blr"]
+__all__ = ["blr_step", "improved_blr_step", "run_blr"]
 
 
 def blr_step(q: ExponentialFamily, grad_expectation: Sequence[torch.Tensor], rho: float) -> ExponentialFamily:
@@ -60,6 +60,57 @@ def blr_step(q: ExponentialFamily, grad_expectation: Sequence[torch.Tensor], rho
         check_same_shape(f"grad_expectation.{field}", grad, f"natural_params block for {field}", lam)
         new_natural.append(lam - rho * (grad - ent))
     return q._replace(q.NaturalParams(*new_natural))
+
+
+def improved_blr_step(q, grad_expectation: Sequence[torch.Tensor], rho: float):
+    r"""The rule for Gaussian candidates with the positivity-preserving correction of Lin, Schmidt & Khan (2020).
+
+    With a Monte Carlo Hessian estimate :math:`\hat H` (for example Stein's), the plain step
+    :math:`S' = (1-\rho)S + \rho\hat H` can leave the cone of positive-definite matrices. The improved
+    rule adds a second-order term,
+
+    .. math::
+
+        S' = (1-\rho)\,S + \rho\,\hat H + \tfrac{\rho^2}{2}\,G\,S^{-1}G, \qquad G = S - \hat H,
+        \qquad m' = m - \rho\,S'^{-1}\hat g,
+
+    which equals :math:`\tfrac12 S + \tfrac12 (S - \rho G) S^{-1} (S - \rho G) \succeq \tfrac12 S`, so the
+    precision stays positive definite whatever :math:`\hat H` is. (For a diagonal Gaussian every product
+    is element-wise: :math:`s' = (1-\rho)s + \rho\hat h + \tfrac{\rho^2}{2}(s - \hat h)^2/s`, the form IVON uses.)
+
+    Args:
+        q: a :class:`~blrlib.families.FullGaussian` or :class:`~blrlib.families.DiagonalGaussian`.
+        grad_expectation: :math:`\nabla_\mu\mathbb{E}_q[\bar\ell] = (\hat g - \hat H m,\ \tfrac12\hat H)`, as
+            returned by ``q.gradient_wrt_expectation(g_hat, H_hat)``.
+        rho: the step size :math:`\rho \in (0, 1]`.
+    """
+    from .families import DiagonalGaussian, FullGaussian
+
+    rho = check_rho(rho)
+    if not isinstance(q, (FullGaussian, DiagonalGaussian)):
+        raise ValueError(f"q must be a FullGaussian or DiagonalGaussian; got {type(q).__name__}")
+    if len(grad_expectation) != 2:
+        raise ValueError(f"grad_expectation must have 2 blocks ('mean', 'second_moment'); got {len(grad_expectation)}")
+    mean, precision = q.mean, q.precision
+    blocks = []
+    for field, grad, like in zip(("mean", "second_moment"), grad_expectation, q.natural_params):
+        grad = as_float_tensor(f"grad_expectation.{field}", grad).to(dtype=like.dtype, device=like.device)
+        check_same_shape(f"grad_expectation.{field}", grad, f"natural_params block for {field}", like)
+        blocks.append(grad)
+    hess = 2.0 * blocks[1]
+    if isinstance(q, FullGaussian):
+        hess = 0.5 * (hess + hess.T)
+        grad_mean = blocks[0] + hess @ mean
+        gap = precision - hess
+        new_precision = (1.0 - rho) * precision + rho * hess + 0.5 * rho**2 * gap @ torch.linalg.solve(precision, gap)
+        new_precision = 0.5 * (new_precision + new_precision.T)
+        new_precision_mean = new_precision @ mean - rho * grad_mean
+    else:
+        grad_mean = blocks[0] + hess * mean
+        gap = precision - hess
+        new_precision = (1.0 - rho) * precision + rho * hess + 0.5 * rho**2 * gap * gap / precision
+        new_precision_mean = new_precision * mean - rho * grad_mean
+    return q._replace(q.NaturalParams(new_precision_mean, -0.5 * new_precision))
 
 
 class BLRHistory(NamedTuple):

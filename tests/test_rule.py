@@ -117,3 +117,49 @@ def test_step_that_breaks_positive_definiteness_says_so(generator):
     g[1] = -10.0 * q.precision  # a Hessian estimate so negative that S' is no longer positive definite
     with pytest.raises(ValueError, match="precision .* must be positive definite"):
         blrlib.blr_step(q, g, 0.5)
+
+
+# ---------------------------------------------------------------------------- the improved rule
+@pytest.mark.parametrize("name", ["diagonal", "full"])
+def test_improved_step_keeps_precision_positive_for_negative_hessians(name, generator):
+    """S' ⪰ S/2 even when the Hessian estimate is strongly negative (where the plain rule fails)."""
+    q = random_family(name, generator)
+    d = q.mean.numel()
+    g = torch.randn(d, generator=generator, dtype=torch.float64)
+    hess = -20.0 * (q.precision if name == "full" else q.precision)
+    grads = q.gradient_wrt_expectation(g, hess)
+    with pytest.raises(ValueError, match="positive"):
+        blrlib.blr_step(q, grads, 0.5)
+    new = blrlib.improved_blr_step(q, grads, 0.5)
+    gap = new.precision - 0.5 * q.precision
+    if name == "full":
+        assert torch.linalg.eigvalsh(gap).min() >= -1e-10
+    else:
+        assert bool((gap >= -1e-12).all())
+
+
+@pytest.mark.parametrize("name", ["diagonal", "full"])
+def test_improved_step_is_plain_step_plus_correction(name, generator):
+    q = random_family(name, generator)
+    d = q.mean.numel()
+    g = torch.randn(d, generator=generator, dtype=torch.float64)
+    if name == "full":
+        hess = random_spd(d, generator)
+    else:
+        hess = 0.5 + torch.rand(d, generator=generator, dtype=torch.float64)
+    rho = 0.3
+    grads = q.gradient_wrt_expectation(g, hess)
+    plain, improved = blrlib.blr_step(q, grads, rho), blrlib.improved_blr_step(q, grads, rho)
+    gap = q.precision - hess
+    correction = 0.5 * rho**2 * (gap @ torch.linalg.solve(q.precision, gap) if name == "full" else gap * gap / q.precision)
+    assert_close(improved.precision, plain.precision + correction, rtol=1e-10, atol=1e-10)
+    assert_close(improved.mean, q.mean - rho * (torch.linalg.solve(improved.precision, g) if name == "full" else g / improved.precision), rtol=1e-10, atol=1e-10)
+    # With Ĥ = S the correction vanishes and both rules agree.
+    same = q.gradient_wrt_expectation(g, q.precision)
+    assert_close(blrlib.improved_blr_step(q, same, rho).precision, blrlib.blr_step(q, same, rho).precision, rtol=1e-12, atol=1e-12)
+
+
+def test_improved_step_rejects_other_families(generator):
+    q = random_family("bernoulli", generator)
+    with pytest.raises(ValueError, match="q must be a FullGaussian or DiagonalGaussian"):
+        blrlib.improved_blr_step(q, q.expectation_params, 0.5)
