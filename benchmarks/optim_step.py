@@ -63,6 +63,8 @@ def make_opt(name, model):
         return ivon_opt.IVON(ps, lr=0.1, ess=50_000)
     if name == "blrlib":
         return IVON(ps, lr=0.1, ess=50_000)
+    if name == "blrlib-fused":
+        return IVON(ps, lr=0.1, ess=50_000, fused=True)
     raise ValueError(name)
 
 
@@ -91,6 +93,9 @@ def opt_only(name, model, opt):
     opt.step()
 
 
+CLOCK = time.perf_counter
+
+
 def bench(device, sizes, batches, methods, rounds, reps):
     rows = []
     for size in sizes:
@@ -112,24 +117,24 @@ def bench(device, sizes, batches, methods, rounds, reps):
                 for m in methods:
                     for _ in range(reps):
                         sync(device)
-                        a = time.perf_counter()
+                        a = CLOCK()
                         train_step(m, models[m], opts[m], X, y)
                         sync(device)
-                        t[("train", m)].append(time.perf_counter() - a)
+                        t[("train", m)].append(CLOCK() - a)
                 for m in methods:
                     for _ in range(reps):
                         sync(device)
-                        a = time.perf_counter()
+                        a = CLOCK()
                         opt_only(m, models[m], opts[m])
                         sync(device)
-                        t[("opt", m)].append(time.perf_counter() - a)
+                        t[("opt", m)].append(CLOCK() - a)
                 for _ in range(reps):
                     sync(device)
-                    a = time.perf_counter()
+                    a = CLOCK()
                     for b in bufs:
                         b.normal_()
                     sync(device)
-                    t[("draw", "")].append(time.perf_counter() - a)
+                    t[("draw", "")].append(CLOCK() - a)
             med = {k: 1e3 * statistics.median(v) for k, v in t.items()}
             rows.append(dict(size=size, nparams=nparams, batch=batch, ms=med))
             print(f"# {size} batch {batch}: " + ", ".join(f"{k[0]}/{k[1]} {v:.2f}" for k, v in med.items()),
@@ -139,52 +144,66 @@ def bench(device, sizes, batches, methods, rounds, reps):
 
 # ----------------------------------------------------------------------------- memory
 _MEM_CHILD = r"""
-import json, resource, sys, torch
+import ctypes, json, sys, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads({threads})
+from torch.utils._python_dispatch import TorchDispatchMode
 from benchmarks.optim_step import make_mlp, make_opt, train_step
 dev = torch.device({device!r})
+
+if dev.type == "cuda":
+    def cur():
+        return torch.cuda.memory_allocated()
+else:
+    # glibc's count of bytes in use (heap + mmap): torch's CPU allocator allocates with malloc
+    libc = ctypes.CDLL("libc.so.6")
+    class MI2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+    libc.mallinfo2.restype = MI2
+    def cur():
+        m = libc.mallinfo2()
+        return m.uordblks + m.hblkhd
+
+class Peak(TorchDispatchMode):
+    # the largest number of bytes in use after any aten op (forward, backward, optimizer)
+    def __init__(self):
+        super().__init__()
+        self.peak = cur()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {{}}))
+        self.peak = max(self.peak, cur())
+        return out
+
 model = make_mlp({size!r}, dev)
 X = torch.randn({batch}, 784, device=dev); y = torch.randint(0, 10, ({batch},), device=dev)
-def rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-# baseline: model, grads and activations of a plain forward/backward, no optimizer
-for _ in range(3):
+def fb():
     model.zero_grad(set_to_none=False)
     torch.nn.functional.cross_entropy(model(X), y).backward()
-if dev.type == "cuda":
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.max_memory_allocated()
-else:
-    base = rss()
+fb(); fb()
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # import torch._dynamo (optimizers do) before counting
+base = cur()  # model, data, gradients
+with Peak() as pk:
+    fb()
+act = pk.peak - base  # activations and autograd temporaries of a bare forward/backward
+if {name!r} == "none":
+    print(json.dumps(dict(extra=act, held=0, pbytes=sum(p.numel() * p.element_size() for p in model.parameters()))))
+    sys.exit(0)
 opt = make_opt({name!r}, model)
-for _ in range(5):
+for _ in range(3):
     train_step({name!r}, model, opt, X, y)
-if dev.type == "cuda":
-    torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated()
-else:
-    peak = rss()
-# bytes of tensors the optimizer keeps between steps
-held = 0
-seen = set()
-def walk(o):
-    global held
-    if isinstance(o, torch.Tensor):
-        if o.data_ptr() not in seen and o.numel() > 1:
-            seen.add(o.data_ptr()); held += o.numel() * o.element_size()
-    elif isinstance(o, dict):
-        for v in o.values(): walk(v)
-    elif isinstance(o, (list, tuple)):
-        for v in o: walk(v)
-walk(dict(opt.state)); walk(opt.param_groups); walk(getattr(opt, "_work", {{}})); walk(getattr(opt, "_acc", {{}}))
+held = cur() - base  # what the optimizer keeps between steps
+with Peak() as pk:
+    train_step({name!r}, model, opt, X, y)
 pbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-print(json.dumps(dict(extra=peak - base, held=held, pbytes=pbytes)))
+print(json.dumps(dict(extra=pk.peak - base, held=held, pbytes=pbytes)))
 """
 
 
 def memory(device, size, batch, methods, threads):
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     out = {}
-    for m in methods:
+    for m in ["none"] + methods:
         code = _MEM_CHILD.format(root=root, threads=threads, device=str(device), size=size, batch=batch, name=m)
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         out[m] = json.loads(r.stdout.strip().splitlines()[-1])
@@ -193,27 +212,34 @@ def memory(device, size, batch, methods, threads):
 
 def table(rows, mem, device):
     lines = []
-    lines.append(f"Device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}. Times in ms (medians).")
+    clock = "thread CPU time" if CLOCK is time.thread_time else "wall time"
+    lines.append(f"Device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {clock}. "
+                 "Times in ms (medians).")
     lines.append("")
-    lines.append("| MLP | batch | AdamW train | ivon-opt train | blrlib train | AdamW opt | ivon-opt opt | blrlib opt "
-                 "| draw | speed-up vs ivon-opt | (blrlib-AdamW)/draw | blrlib/AdamW |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    variants = [v for v in ("blrlib", "blrlib-fused") if ("train", v) in rows[0]["ms"]]
+    lines.append("| MLP | batch | variant | AdamW train | ivon-opt train | blrlib train | AdamW opt | ivon-opt opt "
+                 "| blrlib opt | draw | speed-up vs ivon-opt | (blrlib-AdamW)/draw | blrlib/AdamW |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
     for r in rows:
         ms = r["ms"]
-        at, it, bt = ms[("train", "adamw")], ms.get(("train", "ivon-opt"), float("nan")), ms[("train", "blrlib")]
-        lines.append(
-            f"| {r['size']} | {r['batch']} | {at:.2f} | {it:.2f} | {bt:.2f} | {ms[('opt', 'adamw')]:.2f} "
-            f"| {ms.get(('opt', 'ivon-opt'), float('nan')):.2f} | {ms[('opt', 'blrlib')]:.2f} | {ms[('draw', '')]:.2f} "
-            f"| {it / bt:.2f}x | {(bt - at) / ms[('draw', '')]:.2f} | {bt / at:.2f} |"
-        )
+        for v in variants:
+            at, it, bt = ms[("train", "adamw")], ms.get(("train", "ivon-opt"), nan), ms[("train", v)]
+            lines.append(
+                f"| {r['size']} | {r['batch']} | {v} | {at:.2f} | {it:.2f} | {bt:.2f} | {ms[('opt', 'adamw')]:.2f} "
+                f"| {ms.get(('opt', 'ivon-opt'), nan):.2f} | {ms[('opt', v)]:.2f} | {ms[('draw', '')]:.2f} "
+                f"| {it / bt:.2f}x | {(bt - at) / ms[('draw', '')]:.2f} | {bt / at:.2f} |"
+            )
     if mem:
         lines.append("")
         lines.append("Memory (2.4M MLP, batch 128), in parameter-sized buffers (1 = "
-                     f"{next(iter(mem.values()))['pbytes'] / 2**20:.1f} MiB): `peak` = rise of the peak over a "
-                     "forward/backward without optimizer (peak RSS on CPU, `max_memory_allocated` on CUDA); "
-                     "`held` = bytes of tensors the optimizer keeps between steps.")
+                     f"{next(iter(mem.values()))['pbytes'] / 2**20:.1f} MiB). `peak`: the largest number of bytes "
+                     "in use after any aten op of a train step (a TorchDispatchMode reads glibc's mallinfo2 on CPU, "
+                     "`torch.cuda.memory_allocated` on CUDA) minus the bytes of model, data and gradients "
+                     "(`none`: a bare forward/backward, i.e. activations and autograd temporaries); "
+                     "`held`: bytes the optimizer keeps between steps.")
         lines.append("")
-        lines.append("| optimizer | peak (buffers) | held (buffers) |")
+        lines.append("| optimizer | peak extra (buffers) | held (buffers) |")
         lines.append("|---|---|---|")
         for m, v in mem.items():
             lines.append(f"| {m} | {v['extra'] / v['pbytes']:.2f} | {v['held'] / v['pbytes']:.2f} |")
@@ -230,10 +256,18 @@ def main():
     ap.add_argument("--sizes", default="0.13M,2.4M")
     ap.add_argument("--batches", default="64,128,512")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--fused", action="store_true", help="also time IVON(fused=True) (torch.compile)")
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                    help="wall: perf_counter; thread: CPU time of the calling thread (with --threads 1 this "
+                         "is the work done, insensitive to other processes on a loaded machine)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.thread_time if args.clock == "thread" else time.perf_counter
     device = torch.device(args.device)
     methods = ["adamw", "blrlib"] + (["ivon-opt"] if ivon_opt is not None else [])
+    if args.fused:
+        methods.append("blrlib-fused")
     rounds = 3 if args.quick else args.rounds
     rows = bench(device, args.sizes.split(","), [int(b) for b in args.batches.split(",")], methods, rounds, args.reps)
     mem = {} if args.no_memory else memory(device, "2.4M", 128, methods, args.threads)

@@ -21,7 +21,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
 def mlp(dtype=torch.float64, seed=0, device="cpu"):
@@ -556,3 +556,72 @@ def test_nested_sampling_and_eval_sampling():
         assert torch.equal(a, b)
     with pytest.raises(RuntimeError, match="sampled_params"):
         opt.step()
+
+
+def test_docstring_example_runs():
+    import re
+
+    import blrlib.optim.ivon as mod
+
+    doc = mod.IVON.__doc__
+    block = doc[doc.index("Protocol (the same as ``ivon-opt``)::") :].split("::", 1)[1]
+    lines = []
+    for line in block.splitlines()[1:]:
+        if line.strip() and not line.startswith("        "):
+            break
+        lines.append(line[8:])
+    code = "\n".join(lines)
+    assert "sampled_params(train=True)" in code and re.search(r"opt\.step\(\)", code)
+    ns = {}
+    exec(compile(code, "<IVON docstring>", "exec"), ns)
+    assert ns["pred"].shape == (64, 1)
+
+
+def test_gradscaler_with_two_samples():
+    X, y = data(dtype=torch.float32)
+    outs = []
+    for use_scaler in (False, True):
+        model = mlp(dtype=torch.float32)
+        opt = IVON(model.parameters(), mc_samples=2, generator=torch.Generator().manual_seed(2), **HYPER)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=use_scaler)
+        for _ in range(3):
+            for _ in range(2):
+                with opt.sampled_params(train=True):
+                    opt.zero_grad()
+                    scaler.scale(nn.functional.cross_entropy(model(X), y)).backward()
+            scaler.step(opt)
+            scaler.update()
+        outs.append(params_of(model) + [opt.state[p]["hess"].clone() for p in model.parameters()])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # unscale_ with several samples cannot be honoured: it raises instead of mixing scales
+    with opt.sampled_params(train=True):
+        opt.zero_grad()
+        scaler.scale(nn.functional.cross_entropy(model(X), y)).backward()
+    with opt.sampled_params(train=True):
+        opt.zero_grad()
+        scaler.scale(nn.functional.cross_entropy(model(X), y)).backward()
+    scaler.unscale_(opt)
+    with pytest.raises(RuntimeError, match="unscale_"):
+        scaler.step(opt)
+
+
+@pytest.mark.skipif(
+    __import__("os").environ.get("BLRLIB_TEST_COMPILE") != "1",
+    reason="torch.compile takes minutes on a small CPU; set BLRLIB_TEST_COMPILE=1",
+)
+def test_fused_step_matches_foreach_step():
+    X, y = data()
+    outs = []
+    for fused in (False, True):
+        model = mlp()
+        opt = IVON(model.parameters(), fused=fused, generator=torch.Generator().manual_seed(9), **HYPER)
+        train(model, opt, X, y, 8)
+        if fused:
+            import blrlib.optim.ivon as mod
+
+            assert mod._FUSED_STEP is not None  # the compiled kernel really ran
+        outs.append(params_of(model) + [opt.state[p]["hess"] for p in model.parameters()]
+                    + [opt.state[p]["momentum"] for p in model.parameters()])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

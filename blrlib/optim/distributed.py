@@ -35,6 +35,10 @@ Recipe
    keep identical :math:`m` and :math:`h`.
 
 With ``mc_samples=K`` per rank the averages run over all :math:`RK` samples.
+
+Every rank must produce gradients for the same parameters (the collective packs them in
+the same order); a parameter that gets no gradient on one rank but does on another makes
+the ranks' collectives disagree.
 """
 
 from __future__ import annotations
