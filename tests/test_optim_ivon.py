@@ -613,6 +613,7 @@ def test_gradscaler_with_two_samples():
 def test_fused_step_matches_foreach_step():
     X, y = data()
     outs = []
+    IVON.FUSED_MIN_NUMEL = 40  # fuse the 5x16 and 16x8 weights, keep the rest on the foreach path
     for fused in (False, True):
         model = mlp()
         opt = IVON(model.parameters(), fused=fused, generator=torch.Generator().manual_seed(9), **HYPER)
@@ -623,5 +624,6 @@ def test_fused_step_matches_foreach_step():
             assert mod._FUSED_STEP is not None  # the compiled kernel really ran
         outs.append(params_of(model) + [opt.state[p]["hess"] for p in model.parameters()]
                     + [opt.state[p]["momentum"] for p in model.parameters()])
+    IVON.FUSED_MIN_NUMEL = 1 << 18
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -184,7 +184,8 @@ class IVON(Optimizer):
     * ``process_group``: the group used when ``sync=True`` (default: the world).
     * ``fused``: if True, the common step (``"price"``, one sample, no clipping, no
       ``sync``, no pending GradScaler scale) runs as one ``torch.compile``'d elementwise
-      kernel per tensor instead of ~10 ``torch._foreach_*`` passes. Needs a working
+      kernel per tensor (tensors of at least ``IVON.FUSED_MIN_NUMEL`` entries) instead of
+      ~10 ``torch._foreach_*`` passes. Needs a working
       ``torch.compile`` (a C++ compiler on CPU); the first step compiles (seconds to minutes).
       Results agree with the default path to rounding, not bit for bit.
 
@@ -203,6 +204,8 @@ class IVON(Optimizer):
     """
 
     _step_supports_amp_scaling = True
+    #: with ``fused=True``, tensors with fewer entries stay on the foreach path
+    FUSED_MIN_NUMEL = 1 << 18
     hessian_approx_methods = ("price", "gradsq")
 
     def __init__(
@@ -474,9 +477,7 @@ class IVON(Optimizer):
         # Phase 1: gather g and the Hessian statistic for each group (nothing of m, h touched).
         plans = []
         for group in self.param_groups:
-            plan = self._gather(group)
-            if plan is not None:
-                plans.append((group, plan))
+            plans.extend((group, plan) for plan in self._gather(group))
         if self.sync:
             from .distributed import all_reduce_mean_
 
@@ -502,7 +503,7 @@ class IVON(Optimizer):
         self._reset_samples()
         return loss
 
-    def _gather(self, group: dict) -> Optional[dict]:
+    def _gather(self, group: dict) -> list:
         price = group["hess_approx"] == "price"
         params, grads, hstats, works, checks = [], [], [], [], []
         use_acc = self._folded > 0 or self.sync
@@ -544,18 +545,29 @@ class IVON(Optimizer):
             params.append(p)
             works.append(w)
         if not params:
-            return None
+            return []
         fused = (
             self.fused and price and not use_acc and math.isinf(group["clip_radius"])
             and getattr(self, "grad_scale", None) is None
             and all(t.is_contiguous() for t in params + grads)
         )
+        plans = []
         if fused:
-            checks = list(grads)  # g is checked; eps * g is formed inside the kernel
-            hstats = []
-        elif price and not use_acc:
-            torch._foreach_mul_(hstats, grads)
-        return dict(params=params, grads=grads, hstats=hstats, works=works, grads_check=checks, fused=fused)
+            # large tensors: one compiled pass (g is checked; eps * g is formed inside the kernel);
+            # small ones stay on the foreach path, where a compiled call's fixed cost would dominate
+            big = [i for i, p in enumerate(params) if p.numel() >= self.FUSED_MIN_NUMEL]
+            if big:
+                pick = lambda xs, idx: [xs[i] for i in idx]  # noqa: E731
+                plans.append(dict(params=pick(params, big), grads=pick(grads, big), hstats=[],
+                                  works=pick(works, big), grads_check=pick(grads, big), fused=True))
+                small = [i for i in range(len(params)) if i not in set(big)]
+                params, grads, hstats, works = (pick(x, small) for x in (params, grads, hstats, works))
+                checks = []
+        if params:
+            if price and not use_acc:
+                torch._foreach_mul_(hstats, grads)
+            plans.append(dict(params=params, grads=grads, hstats=hstats, works=works, grads_check=checks))
+        return plans
 
     @staticmethod
     def _nonfinite(tensors: list) -> bool:
