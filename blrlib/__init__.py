@@ -14,6 +14,20 @@ from .rule import blr_step, improved_blr_step, run_blr
 
 __version__ = "0.1.0"
 
+# Heavier submodules (SymPy, the optimizers) load on first use: ``blrlib.symbolic``, ``blrlib.optim``.
+_LAZY_SUBMODULES = ("symbolic", "optim", "metrics", "curvature", "dropout")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "Bernoulli",
     "DiagonalGaussian",
@@ -34,4 +48,5 @@ __all__ = [
     "estimators",
     "families",
     "rule",
+    *_LAZY_SUBMODULES,
 ]
