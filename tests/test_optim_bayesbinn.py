@@ -452,3 +452,20 @@ def test_bad_mode_and_integer_params():
         STE([torch.zeros(2, dtype=torch.long)], lr=0.1, ess=1)
     with pytest.raises(ValueError, match=r"Invalid lr: 2"):
         binary_rule_step(torch.zeros(2), torch.zeros(2), lr=2.0)
+
+
+def test_overflowing_scale_raises_instead_of_corrupting_lambda():
+    # tau > 1 and a large |lambda|: s ~ exp(2 |lambda| (1 - 1/tau)) overflows float32.
+    p = torch.nn.Parameter(torch.full((3,), 200.0))
+    opt = BayesBiNN([p], lr=0.1, ess=10, temperature=3.0, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"overflowed .*use temperature <= 1"):
+        with opt.sampled_params(train=True):
+            (p * 1.0).sum().backward()
+    assert torch.equal(p.detach(), torch.full((3,), 200.0))
+    # in float64 the same step is finite
+    p64 = torch.nn.Parameter(torch.full((3,), 200.0, dtype=DT))
+    opt = BayesBiNN([p64], lr=0.1, ess=10, temperature=3.0, generator=torch.Generator().manual_seed(0))
+    with opt.sampled_params(train=True):
+        (p64 * 1.0).sum().backward()
+    opt.step()
+    assert torch.isfinite(p64).all()

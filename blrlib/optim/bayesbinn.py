@@ -225,6 +225,9 @@ class _BinaryRule(Optimizer):
         """This sample's estimate of the gradient with respect to mu (the N factor included)."""
         raise NotImplementedError
 
+    def _overflow_hint(self, group: dict) -> str:
+        return "ess times the gradient is too large for the parameter's dtype"
+
     # -------------------------------------------------------------- helpers
     def _managed(self, group: dict) -> list:
         return [p for p in group["params"] if p.requires_grad]
@@ -296,7 +299,15 @@ class _BinaryRule(Optimizer):
                     f"Invalid gradient: a parameter of shape {tuple(p.shape)} has a NaN or infinite gradient; "
                     "the sample was discarded (lambda and the optimizer state are unchanged)"
                 )
-            terms.append((p, self._grad_mu(p, g, group)))
+            term = self._grad_mu(p, g, group)
+            if not bool(torch.isfinite(term).all()):
+                self._discard_samples()
+                raise ValueError(
+                    f"Invalid gradient estimate: the gradient with respect to mu of a parameter of shape "
+                    f"{tuple(p.shape)} overflowed ({self._overflow_hint(group)}); the sample was discarded "
+                    "(lambda and the optimizer state are unchanged)"
+                )
+            terms.append((p, term))
         for p, term in terms:
             acc = self._acc.get(p)
             if acc is None:
@@ -505,7 +516,9 @@ class BayesBiNN(_BinaryRule):
     ============================  ==========================================================
     :math:`\rho`                   ``lr`` in :math:`[0, 1]` (the paper's :math:`\alpha`; default 1e-3)
     :math:`N`                      ``ess``: number of training examples (required)
-    :math:`\tau`                   ``temperature`` > 0 (default 1)
+    :math:`\tau`                   ``temperature`` > 0 (default 1); keep :math:`\tau \le 1`: then
+                                   :math:`\sv \le 4N e^{2|\delta|}/\tau`, while for :math:`\tau > 1`
+                                   :math:`\sv` grows like :math:`e^{2|\lambda|(1-1/\tau)}`
     :math:`\lambda_0`              ``prior_lambda`` (default 0, the uniform prior)
     :math:`\beta`                  ``momentum`` in :math:`[0, 1)` (default 0: Algorithm 1 of the paper)
     :math:`M`                      the number of ``sampled_params(train=True)`` blocks before
@@ -555,6 +568,13 @@ class BayesBiNN(_BinaryRule):
         u = self._uniform(p, self.generator)
         self._work[p]["uniform"] = u
         p.copy_(relaxed_sample(lam, u, float(group["temperature"])))
+
+    def _overflow_hint(self, group: dict) -> str:
+        tau = float(group["temperature"])
+        hint = "the scale s = N (1 - w_r^2) / (tau (1 - tanh^2 lambda)) is too large for the parameter's dtype"
+        if tau > 1.0:
+            hint += f"; with temperature={tau:g} > 1 it grows like exp(2 |lambda| (1 - 1/tau)), use temperature <= 1"
+        return hint
 
     def _grad_mu(self, p: Tensor, grad: Tensor, group: dict) -> Tensor:
         w = self._work[p]
