@@ -67,7 +67,7 @@ def reference_bayesbinn(lams, X, y, idx_list, *, lr, N, tau, lam0=0.0, M=1, gene
     for idx in idx_list:
         sums = [torch.zeros_like(l) for l in lams]
         for _ in range(M):
-            ws, eps = [], []
+            ws = []
             for l in lams:
                 e = torch.rand(l.shape, generator=generator, dtype=l.dtype, device=l.device)
                 delta = 0.5 * torch.log(e / (1 - e))

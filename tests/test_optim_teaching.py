@@ -5,7 +5,6 @@ References: torch.optim.SGD / RMSprop / Adam, and blrlib's generic blr_step with
 
 from __future__ import annotations
 
-import copy
 import io
 
 import pytest

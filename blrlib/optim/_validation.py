@@ -44,11 +44,11 @@ def check_real(
         parts.append(f"> {low:g}" if low_open else f">= {low:g}")
     if high is not None:
         parts.append(f"< {high:g}" if high_open else f"<= {high:g}")
-    rng = " and ".join(parts) if parts else "a real number"
+    rng = " and ".join(parts)
     if not allow_inf:
-        rng_txt = f"a finite number {rng}" if parts else "a finite number"
+        rng_txt = f"a finite real number {rng}" if parts else "a finite real number"
     else:
-        rng_txt = rng
+        rng_txt = rng if parts else "a real number"
     bad = math.isnan(v) or (not allow_inf and math.isinf(v))
     if low is not None and not bad:
         bad = v <= low if low_open else v < low

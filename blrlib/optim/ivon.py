@@ -481,11 +481,7 @@ class IVON(Optimizer):
         if self.sync:
             from .distributed import all_reduce_mean_
 
-            world = all_reduce_mean_(
-                [t for _, pl in plans for t in pl["grads"] + pl["hstats"]], self.process_group
-            )
-        else:
-            world = 1
+            all_reduce_mean_([t for _, pl in plans for t in pl["grads"] + pl["hstats"]], self.process_group)
         bad = self._nonfinite([t for _, pl in plans for t in pl["hstats"] + pl["grads_check"]])
         if bad:
             self._reset_samples()

@@ -36,11 +36,12 @@ state without modifying their inputs.
 from __future__ import annotations
 
 import math
-import numbers
-from typing import Callable, Iterable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
+
+from . import _validation as _v
 
 __all__ = [
     "RuleSGD",
@@ -60,25 +61,9 @@ _HESSIANS = ("rule", "torch")
 
 
 # ---------------------------------------------------------------- argument checks
-def _real(name: str, value, *, low: float | None = None, high: float | None = None, low_open=False, high_open=False) -> float:
+def _real(name: str, value, *, low=None, high=None, low_open=False, high_open=False) -> float:
     """``value`` as a float if it is a finite real number in the interval, else a ValueError naming ``name``."""
-    parts = []
-    if low is not None:
-        parts.append(f"> {low:g}" if low_open else f">= {low:g}")
-    if high is not None:
-        parts.append(f"< {high:g}" if high_open else f"<= {high:g}")
-    allowed = "a finite real number" + (" " + " and ".join(parts) if parts else "")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"Invalid {name}: {value!r} (must be {allowed})")
-    v = float(value)
-    bad = not math.isfinite(v)
-    if not bad and low is not None:
-        bad = v <= low if low_open else v < low
-    if not bad and high is not None:
-        bad = v >= high if high_open else v > high
-    if bad:
-        raise ValueError(f"Invalid {name}: {value!r} (must be {allowed})")
-    return v
+    return _v.check_real(name, value, low=low, high=high, low_open=low_open, high_open=high_open)
 
 
 def _checked_grad(p: Tensor) -> Tensor:

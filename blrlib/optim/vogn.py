@@ -67,7 +67,6 @@ Weight-Perturbation in Adam", ICML 2018.
 
 from __future__ import annotations
 
-import math
 import numbers
 from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping, Optional, Sequence
@@ -77,6 +76,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..curvature import per_example_grads_from_losses
+from . import _validation as _v
 
 __all__ = ["OGN", "VOGN", "ogn_update_"]
 
@@ -88,20 +88,7 @@ def _state_dtype(p: Tensor) -> torch.dtype:
 
 
 def _check_real(name, value, low=None, high=None, low_open=False, high_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"Invalid {name}: {value!r} (must be a finite real number)")
-    v = float(value)
-    bounds = []
-    if low is not None:
-        bounds.append(f"> {low:g}" if low_open else f">= {low:g}")
-    if high is not None:
-        bounds.append(f"< {high:g}" if high_open else f"<= {high:g}")
-    bad = (low is not None and (v <= low if low_open else v < low)) or (
-        high is not None and (v >= high if high_open else v > high)
-    )
-    if bad:
-        raise ValueError(f"Invalid {name}: {value!r} (must be {' and '.join(bounds)})")
-    return v
+    return _v.check_real(name, value, low=low, high=high, low_open=low_open, high_open=high_open)
 
 
 def ogn_update_(
