@@ -627,3 +627,26 @@ def test_fused_step_matches_foreach_step():
     IVON.FUSED_MIN_NUMEL = 1 << 18
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_summary_separates_decay_from_data():
+    """With zero gradients h only decays from h0: hess_rel_change moves, hess_from_data stays at 0."""
+    w = torch.nn.Parameter(torch.zeros(5, dtype=torch.float64))
+    opt = IVON([w], lr=0.1, ess=10, hess_init=1.0, beta2=0.9, weight_decay=0.0)
+    for _ in range(5):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            (0.0 * w.sum()).backward()
+        opt.step()
+    (row,) = opt.posterior_summary()
+    # ĥ = 0: h ← β2 h + ½(1 − β2)² h = 0.905 h per step (decay plus the positivity correction)
+    assert row["hess_rel_change"] == pytest.approx(1 - 0.905**5)
+    assert 0.0 < row["hess_from_data"] < 0.05
+    # A real quadratic loss contributes curvature, which the summary attributes to the data.
+    for _ in range(20):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            (5.0 * (w**2).sum()).backward()
+        opt.step()
+    (row,) = opt.posterior_summary()
+    assert row["hess_from_data"] > 0.5

@@ -105,8 +105,10 @@ class IVON(Optimizer):
     Here :math:`\ell` is the *average* per-example loss of a minibatch (what ``loss.backward()``
     normally differentiates), so :math:`\lambda\hat h` estimates the Hessian of the
     summed loss; the last term of the :math:`h` update is the positivity-preserving
-    correction of Lin, Schmidt & Khan (2020), which keeps :math:`h > 0` whatever the
-    sign of :math:`\hat h` (for :math:`\delta \ge 0`).
+    correction of Lin, Schmidt & Khan (2020), which keeps the posterior precision
+    :math:`\lambda(h + \delta)` positive whatever the sign of :math:`\hat h`: the new value obeys
+    :math:`h' + \delta \ge \tfrac12 (h + \delta)` (so :math:`h` itself stays positive when :math:`\delta = 0`,
+    and can dip to :math:`(h-\delta)/2` otherwise).
 
     Symbols and arguments:
 
@@ -686,9 +688,12 @@ class IVON(Optimizer):
         ``sigma_min``, ``sigma_max``, ``sigma_prior`` (:math:`1/\sqrt{\lambda(h_0+\delta)}`),
         ``hess_mean``, ``hess_rel_change`` (mean of :math:`|h-h_0|/h_0`) and
         ``frac_moved`` (fraction of entries whose :math:`h` moved more than 10 % from
-        :math:`h_0`). A ``hess_rel_change`` near 0 after many steps means :math:`h` (and so
-        the posterior variance) has not been learned: typically ``beta2`` is too close to 1
-        for the number of steps, or ``ess`` is off.
+        :math:`h_0`) and ``hess_from_data``: the mean over entries of
+        :math:`(h - \beta_2^t h_0)/h`, the share of :math:`h` that is *not* the decayed initial
+        guess. ``hess_rel_change`` alone can mislead, because :math:`h` drifts from :math:`h_0` by
+        decay alone (towards :math:`1-\beta_2^t`); a ``hess_from_data`` near 0 after many steps
+        means the posterior variance has not been learned from the data: typically ``beta2`` is
+        too close to 1 for the number of steps, or ``ess`` is off.
         """
         names = list(names) if names is not None else None
         stds = self.posterior_std()
@@ -700,12 +705,14 @@ class IVON(Optimizer):
                 st = self.state.get(p, {})
                 h = st["hess"].double() if "hess" in st else torch.full_like(s, h0)
                 rel = (h - h0).abs() / h0
+                steps = int(st["step"].item()) if "step" in st else 0
+                decayed = float(group["beta2"]) ** steps * h0
                 rows.append(
                     dict(
                         name=names[k] if names is not None else f"group{gi}.param{j}",
                         group=gi,
                         numel=p.numel(),
-                        steps=int(st["step"].item()) if "step" in st else 0,
+                        steps=steps,
                         sigma_mean=s.mean().item(),
                         sigma_min=s.min().item(),
                         sigma_max=s.max().item(),
@@ -713,6 +720,7 @@ class IVON(Optimizer):
                         hess_mean=h.mean().item(),
                         hess_rel_change=rel.mean().item(),
                         frac_moved=(rel > 0.1).double().mean().item(),
+                        hess_from_data=((h - decayed) / h).mean().item(),
                     )
                 )
                 k += 1
