@@ -31,14 +31,18 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python's, NumPy's and PyTorch's global generators; return a fresh ``torch.Generator`` seeded too."""
-    if int(seed) != seed or seed < 0:
+def seed_everything(seed: int, device: torch.device | str | None = None) -> torch.Generator:
+    """Seed Python's, NumPy's and PyTorch's global generators (CUDA's too, when present).
+
+    Returns a fresh ``torch.Generator`` seeded with ``seed`` on ``device`` (the CPU by default);
+    pass ``device=pick_device()`` for a generator that samplers on the GPU accept.
+    """
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed}")
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(int(seed))
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator(device=torch.device(device) if device is not None else "cpu").manual_seed(int(seed))
 
 
 def large_problems() -> bool:

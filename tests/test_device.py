@@ -28,6 +28,9 @@ def test_seed_everything_is_deterministic():
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and torch.equal(a[2], b[2])
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         blrlib.seed_everything(-1)
+    assert blrlib.seed_everything(0, device="cpu").device.type == "cpu"
+    if torch.cuda.is_available():
+        assert blrlib.seed_everything(0, device="cuda").device.type == "cuda"
 
 
 def test_large_problems_flag(monkeypatch):

@@ -534,7 +534,8 @@ def test_posterior_std_and_summary():
     assert [r["name"] for r in rows] == [n for n, _ in model.named_parameters()]
     assert all(r["sigma_min"] <= r["sigma_mean"] <= r["sigma_max"] for r in rows)
     assert all(r["steps"] == 10 and r["hess_rel_change"] > 0 for r in rows)
-    assert rows[0]["sigma_prior"] == pytest.approx(s0)
+    assert rows[0]["sigma_init"] == pytest.approx(s0)
+    assert rows[0]["sigma_prior"] == pytest.approx(1 / math.sqrt(HYPER["ess"] * HYPER["weight_decay"]))
 
 
 def test_nested_sampling_and_eval_sampling():

@@ -685,7 +685,8 @@ class IVON(Optimizer):
 
         Keys: ``name`` (from ``names``, e.g. ``[n for n, _ in model.named_parameters()]``,
         else ``"group{i}.param{j}"``), ``group``, ``numel``, ``steps``, ``sigma_mean``,
-        ``sigma_min``, ``sigma_max``, ``sigma_prior`` (:math:`1/\sqrt{\lambda(h_0+\delta)}`),
+        ``sigma_min``, ``sigma_max``, ``sigma_init`` (the starting :math:`1/\sqrt{\lambda(h_0+\delta)}`),
+        ``sigma_prior`` (the prior's :math:`1/\sqrt{\lambda\delta}`, infinite when :math:`\delta = 0`),
         ``hess_mean``, ``hess_rel_change`` (mean of :math:`|h-h_0|/h_0`) and
         ``frac_moved`` (fraction of entries whose :math:`h` moved more than 10 % from
         :math:`h_0`) and ``hess_from_data``: the mean over entries of
@@ -716,7 +717,12 @@ class IVON(Optimizer):
                         sigma_mean=s.mean().item(),
                         sigma_min=s.min().item(),
                         sigma_max=s.max().item(),
-                        sigma_prior=1.0 / math.sqrt(float(group["ess"]) * (h0 + float(group["weight_decay"]))),
+                        sigma_init=1.0 / math.sqrt(float(group["ess"]) * (h0 + float(group["weight_decay"]))),
+                        sigma_prior=(
+                            1.0 / math.sqrt(float(group["ess"]) * float(group["weight_decay"]))
+                            if float(group["weight_decay"]) > 0
+                            else math.inf
+                        ),
                         hess_mean=h.mean().item(),
                         hess_rel_change=rel.mean().item(),
                         frac_moved=(rel > 0.1).double().mean().item(),
