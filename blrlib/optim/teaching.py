@@ -66,6 +66,17 @@ def _real(name: str, value, *, low=None, high=None, low_open=False, high_open=Fa
     return _v.check_real(name, value, low=low, high=high, low_open=low_open, high_open=high_open)
 
 
+def _closure_and_checked_grads(param_groups, closure) -> tuple:
+    """Call the closure (with gradients enabled) and collect ``(group, param, grad)`` for every
+    parameter with a gradient, checking all gradients before any state changes."""
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    work = [(group, p, _checked_grad(p)) for group in param_groups for p in group["params"] if p.grad is not None]
+    return loss, work
+
+
 def _checked_grad(p: Tensor) -> Tensor:
     grad = p.grad
     if grad.is_sparse:
@@ -323,15 +334,7 @@ class RuleSGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None):
         """One step for every parameter that has a gradient; returns the closure's loss if one is given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    work.append((group, p, _checked_grad(p)))
+        loss, work = _closure_and_checked_grads(self.param_groups, closure)
         for group, p, grad in work:
             st = self.state[p]
             if "step" not in st:
@@ -413,15 +416,7 @@ class RuleRMSprop(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None):
         """One step for every parameter that has a gradient; returns the closure's loss if one is given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    work.append((group, p, _checked_grad(p)))
+        loss, work = _closure_and_checked_grads(self.param_groups, closure)
         for group, p, grad in work:
             st = self.state[p]
             if "step" not in st:
