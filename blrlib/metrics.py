@@ -87,7 +87,7 @@ def reliability_bins(probs: Tensor, targets: Tensor, n_bins: int = 15) -> dict:
     nan = torch.full_like(count, math.nan)
     nz = count > 0
     return dict(
-        edges=torch.linspace(0, 1, n_bins + 1, dtype=torch.float64),
+        edges=torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=probs.device),
         count=count,
         confidence=torch.where(nz, sum_conf / count.clamp_min(1), nan),
         accuracy=torch.where(nz, sum_acc / count.clamp_min(1), nan),

@@ -81,3 +81,12 @@ def test_bad_input(probs, targets, msg):
 def test_bad_bins():
     with pytest.raises(ValueError, match=r"Invalid n_bins: 0"):
         M.expected_calibration_error(P, Y, n_bins=0)
+
+
+def test_reliability_bins_are_all_on_the_device_of_probs():
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        probs = torch.tensor([[0.9, 0.1], [0.3, 0.7]], device=device)
+        targets = torch.tensor([0, 0], device=device)
+        bins = M.reliability_bins(probs, targets, n_bins=4)
+        assert {t.device.type for t in bins.values()} == {torch.device(device).type}
