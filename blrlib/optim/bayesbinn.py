@@ -83,6 +83,19 @@ weights behind (and the failed sample is discarded). A NaN or infinite gradient 
 :class:`ValueError` on leaving the block; :math:`\lambda` and the optimizer state are left unchanged and
 the samples of the current step are discarded.
 
+With ``skip_nonfinite=True`` (both classes, default False) a NaN or infinite gradient does not raise:
+the samples of the current step are discarded and the next :meth:`step` is skipped (``skipped_steps``
+counts them), with :math:`\lambda` and the optimizer state unchanged.
+
+Mixed precision: ``torch.autocast`` needs nothing special. ``torch.amp.GradScaler`` is supported through
+the ``_step_supports_amp_scaling`` protocol: ``scaler.scale(loss).backward()`` inside the block,
+``scaler.step(opt)`` and ``scaler.update()`` after it; :meth:`step` divides the sums (formed from the
+scaled gradients) by the scale, and skips the update, discarding the samples, when the scaler found an
+overflow. Pass ``skip_nonfinite=True`` with a scaler, or an overflowing gradient raises on leaving the
+block. Do not call ``scaler.unscale_(opt)`` (the gradients were already read; this raises). Only the
+last sample's ``p.grad`` is visible to the scaler: an overflow in an earlier sample of the same step
+skips the step, but does not lower the scale.
+
 Pass only the parameters that should be binary; real-valued ones (biases, normalisation layers) belong to
 another optimizer, whose ``step`` can run beside this one.
 
@@ -177,15 +190,24 @@ def binary_rule_step(
 class _BinaryRule(Optimizer):
     """Shared machinery of :class:`STE` and :class:`BayesBiNN` (see the module docstring)."""
 
-    def __init__(self, params, defaults: dict, generator: Optional[torch.Generator]):
+    # torch.amp.GradScaler: scaler.step(opt) calls step() directly and sets ``grad_scale`` / ``found_inf``
+    # on the optimizer; step() unscales the sums itself (they were folded from scaled gradients).
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults: dict, generator: Optional[torch.Generator], skip_nonfinite: bool = False):
         self._validate_group(defaults)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
+        if not isinstance(skip_nonfinite, bool):
+            raise ValueError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (must be True or False)")
         self.generator = generator
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
         self._work: dict = {}
         self._acc: dict = {}
         self._num_samples = 0
         self._sampling = False
+        self._poisoned = False
         super().__init__(params, defaults)
 
     # -------------------------------------------------------------- arguments
@@ -215,6 +237,9 @@ class _BinaryRule(Optimizer):
         self.__dict__.setdefault("_num_samples", 0)
         self.__dict__.setdefault("_sampling", False)
         self.__dict__.setdefault("generator", None)
+        self.__dict__.setdefault("skip_nonfinite", False)
+        self.__dict__.setdefault("skipped_steps", 0)
+        self.__dict__.setdefault("_poisoned", False)
 
     # -------------------------------------------------------------- hooks for the subclasses
     def _train_weights_(self, p: Tensor, lam: Tensor, group: dict) -> None:
@@ -245,9 +270,11 @@ class _BinaryRule(Optimizer):
         buf.copy_(p)
         return buf
 
-    def _discard_samples(self) -> None:
+    def _discard_samples(self, poisoned: bool = False) -> None:
+        """Drop the sums of the current step; ``poisoned=True`` makes the next step() a skipped one."""
         self._acc.clear()
         self._num_samples = 0
+        self._poisoned = poisoned
 
     # -------------------------------------------------------------- the protocol
     @contextmanager
@@ -294,6 +321,9 @@ class _BinaryRule(Optimizer):
             if g.is_sparse:
                 raise ValueError(f"Invalid gradient: {type(self).__name__} does not support sparse gradients")
             if not bool(torch.isfinite(g).all()):
+                if self.skip_nonfinite:
+                    self._discard_samples(poisoned=True)
+                    return
                 self._discard_samples()
                 raise ValueError(
                     f"Invalid gradient: a parameter of shape {tuple(p.shape)} has a NaN or infinite gradient; "
@@ -301,6 +331,9 @@ class _BinaryRule(Optimizer):
                 )
             term = self._grad_mu(p, g, group)
             if not bool(torch.isfinite(term).all()):
+                if self.skip_nonfinite:
+                    self._discard_samples(poisoned=True)
+                    return
                 self._discard_samples()
                 raise ValueError(
                     f"Invalid gradient estimate: the gradient with respect to mu of a parameter of shape "
@@ -331,6 +364,20 @@ class _BinaryRule(Optimizer):
                 with torch.enable_grad(), self.sampled_params(train=True):
                     losses.append(closure())
             loss = torch.stack([torch.as_tensor(v).detach().float() for v in losses]).mean()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        under_scaler = found_inf is not None
+        if self._poisoned or (under_scaler and float(found_inf) > 0):
+            # a non-finite gradient (skip_nonfinite=True) or an overflow seen by a GradScaler
+            self._discard_samples()
+            self.skipped_steps += 1
+            return loss
+        if under_scaler and grad_scale is None and self._num_samples > 0:
+            self._discard_samples()
+            raise RuntimeError(
+                f"{type(self).__name__} under a GradScaler: do not call scaler.unscale_() before scaler.step(); "
+                "the gradients were read (scaled) when each sampled_params block exited, and step() unscales them"
+            )
         if self._num_samples == 0:
             raise RuntimeError(
                 f"{type(self).__name__}.step() needs at least one `with optimizer.sampled_params(train=True):` "
@@ -350,6 +397,8 @@ class _BinaryRule(Optimizer):
                         st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["step"] += 1
                 # d = g_mu + lambda - lambda_0 (the natural gradient of the objective)
+                if grad_scale is not None:
+                    acc.div_(grad_scale.to(device=acc.device, dtype=acc.dtype))
                 d = acc.div_(m).add_(p).sub_(lam0)
                 if beta > 0:
                     buf = st.get("momentum_buffer")
@@ -459,8 +508,9 @@ class STE(_BinaryRule):
     ============================  ==========================================================
 
     ``mc_samples`` (default 1) is the number of closure calls per ``step(closure)``. ``generator`` is
-    used by :meth:`binary_params` with ``mode="sample"``. See :mod:`blrlib.optim.bayesbinn` for the
-    protocol.
+    used by :meth:`binary_params` with ``mode="sample"``. ``skip_nonfinite=True`` skips steps with a
+    NaN or infinite gradient instead of raising (use it with ``torch.amp.GradScaler``). See
+    :mod:`blrlib.optim.bayesbinn` for the protocol and mixed precision.
     """
 
     forward_modes = ("mean", "sign")
@@ -476,13 +526,14 @@ class STE(_BinaryRule):
         mc_samples: int = 1,
         *,
         generator: Optional[torch.Generator] = None,
+        skip_nonfinite: bool = False,
     ):
         if ess is None:
             raise ValueError("Invalid ess: None (must be a finite number > 0: the number of training examples)")
         defaults = dict(
             lr=lr, ess=ess, prior_lambda=prior_lambda, momentum=momentum, forward=forward, mc_samples=mc_samples
         )
-        super().__init__(params, defaults, generator)
+        super().__init__(params, defaults, generator, skip_nonfinite)
 
     def _validate_group(self, g: dict) -> None:
         super()._validate_group(g)
@@ -532,6 +583,9 @@ class BayesBiNN(_BinaryRule):
     :math:`\mathrm{sign}\lambda`, ``mode="sample"`` for ensemble members), :meth:`probs` for
     :math:`p = \sigma(2\lambda)`.
 
+    ``skip_nonfinite=True`` skips steps with a NaN or infinite gradient instead of raising (use it
+    with ``torch.amp.GradScaler``; see :mod:`blrlib.optim.bayesbinn`).
+
     Note: the authors' released code forms :math:`\tanh\lambda` in :math:`\sv` from the previous
     iterate of :math:`\lambda`; this class follows the algorithm as written (the current :math:`\lambda`).
     """
@@ -547,6 +601,7 @@ class BayesBiNN(_BinaryRule):
         mc_samples: int = 1,
         *,
         generator: Optional[torch.Generator] = None,
+        skip_nonfinite: bool = False,
     ):
         if ess is None:
             raise ValueError("Invalid ess: None (must be a finite number > 0: the number of training examples)")
@@ -558,7 +613,7 @@ class BayesBiNN(_BinaryRule):
             momentum=momentum,
             mc_samples=mc_samples,
         )
-        super().__init__(params, defaults, generator)
+        super().__init__(params, defaults, generator, skip_nonfinite)
 
     def _validate_group(self, g: dict) -> None:
         super()._validate_group(g)

@@ -161,6 +161,14 @@ class OGN(Optimizer):
     :math:`\bar g` when :math:`\beta_1 > 0`; 16-bit parameters keep float32 state. A NaN or infinite
     per-example gradient (or squared gradient) raises :class:`ValueError` before anything changes.
 
+    Mixed precision: the gradients come from the user (or from the closure's per-example losses), not
+    from ``p.grad``, so do not use ``scaler.step(opt)``. Compute the per-example losses or gradients
+    under ``torch.autocast`` (e.g. ``with torch.autocast("cpu", dtype=torch.bfloat16): out = model(X)``
+    inside the closure, returning float32 losses) and call ``opt.step`` directly; bfloat16 has float32's
+    exponent range, so no loss scaling is needed. If you do scale a loss, pass the per-example gradients
+    *unscaled* (divided by ``scaler.get_scale()``) and skip steps yourself when they are not finite
+    (otherwise ``step`` raises). The same holds for :class:`VOGN`.
+
     Example::
 
         import torch, torch.nn.functional as F
