@@ -11,6 +11,7 @@ import math
 import numbers
 
 __all__ = [
+    "require_ess",
     "check_real",
     "check_int",
     "check_choice",
@@ -72,3 +73,12 @@ def check_choice(name: str, value, choices) -> object:
         allowed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"Invalid {name}: {_fmt(value)} (must be one of {allowed})")
     return value
+
+
+def require_ess(ess) -> None:
+    """``ess`` (the effective data-set size) has no default: say so when it is missing.
+
+    The range check itself is :func:`check_real` with ``low=0, low_open=True``, done with the
+    other hyperparameters of each param group."""
+    if ess is None:
+        raise ValueError("Invalid ess: None (must be a finite real number > 0: the number of training examples)")

@@ -528,8 +528,7 @@ class STE(_BinaryRule):
         generator: Optional[torch.Generator] = None,
         skip_nonfinite: bool = False,
     ):
-        if ess is None:
-            raise ValueError("Invalid ess: None (must be a finite number > 0: the number of training examples)")
+        _v.require_ess(ess)
         defaults = dict(
             lr=lr, ess=ess, prior_lambda=prior_lambda, momentum=momentum, forward=forward, mc_samples=mc_samples
         )
@@ -603,8 +602,7 @@ class BayesBiNN(_BinaryRule):
         generator: Optional[torch.Generator] = None,
         skip_nonfinite: bool = False,
     ):
-        if ess is None:
-            raise ValueError("Invalid ess: None (must be a finite number > 0: the number of training examples)")
+        _v.require_ess(ess)
         defaults = dict(
             lr=lr,
             ess=ess,

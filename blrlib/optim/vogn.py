@@ -197,8 +197,7 @@ class OGN(Optimizer):
         generator: torch.Generator | None = None,
         _extra_defaults: dict | None = None,
     ):
-        if ess is None:
-            raise ValueError("Invalid ess: None (must be a finite number > 0: the number of training examples)")
+        _v.require_ess(ess)
         defaults = dict(
             lr=lr,
             ess=ess,
