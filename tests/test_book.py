@@ -334,6 +334,128 @@ def test_exactly_one_bibliography_directive():
     assert where == ["book/references.md"], f"{{bibliography}} must appear once, in book/references.md: {where}"
 
 
+# ---------------------------------------------------------------- (g) numbers in prose come from the run
+# Every number an experiment or an exercise solution produces reaches the prose through
+# myst-nb's glue ({glue:text}`key:.3f`), never typed by hand, so the text cannot go stale.
+# In the markdown of Experiment sections and of exercise solutions, a decimal number with
+# two or more significant digits outside code and outside a role is flagged unless it is
+# a constant of the setup or a value worked out by hand. Those are listed, explicitly, in
+# a MyST comment line (not rendered) in the same markdown cell:
+#     % not from a run: 0.25 0.058
+# or, for a few constants used across the book, in GLUE_ALLOWED.
+GLUE_ALLOWED = frozenset({"1.96"})  # the 95 % normal quantile
+GLUE_EXEMPT_LINE = re.compile(r"^\s*%\s*not from a run:(.*)$", re.I)
+# Chapters whose prose numbers are still being glued; remove a chapter once it passes.
+GLUE_CHECK_PENDING = frozenset({
+    "book/deep_learning/ivon.ipynb",
+    "book/deep_learning/ogn_vogn.ipynb",
+    "book/deep_learning/rmsprop_adam.ipynb",
+    "book/deep_learning/sgd.ipynb",
+    "book/deep_learning/ste_bayesbinn.ipynb",
+    "book/deep_learning/uncertainty.ipynb",
+    "book/foundations/cost_of_curvature.ipynb",
+    "book/foundations/learning_as_prediction.ipynb",
+    "book/foundations/natural_gradients.ipynb",
+    "book/optimization/gradient_descent.ipynb",
+})
+DECIMAL = re.compile(r"(?<![\w.\-^_{])-?(\d*\.\d+)(?:[eE][+-]?\d+)?(?![\w.]*\d)")
+SOLUTION_OPEN = re.compile(r"^(`{3,}|:{3,})\{solution\}")
+GATED_OPEN = re.compile(r"^(`{3,}|:{3,})\{solution-start\}")
+GATED_CLOSE = re.compile(r"^(`{3,}|:{3,})\{solution-end\}")
+ROLE_OR_CODE = re.compile(r"(\{[\w:.-]+\})?`[^`]*`")
+
+
+def significant_digits(number: str) -> int:
+    """Significant digits of a decimal numeral: '0.050' has 2, '12.5' has 3."""
+    return len(number.replace(".", "").lstrip("0"))
+
+
+def prose_to_check(cells: list[dict]) -> list[tuple[int, str, set[str]]]:
+    """(cell index, line, the cell's not-from-a-run numbers) for the lines of markdown that
+    lie in a level-2 Experiment section or inside an exercise solution, without code."""
+    out, section_is_experiment, gated = [], False, False
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "markdown":
+            continue
+        lines = cell_source(cell).splitlines()
+        exempt = {n for line in lines if (m := GLUE_EXEMPT_LINE.match(line)) for n in DECIMAL.findall(m.group(1))}
+        fences: list[tuple[str, bool]] = []  # (marker, is a solution)
+        previous_blank_or_code = True
+        for line in lines:
+            stripped = line.strip()
+            fence = re.match(r"^(`{3,}|:{3,})(.*)$", stripped)
+            if fence:
+                marker, rest = fence.groups()
+                if fences and marker[0] == fences[-1][0][0] and len(marker) >= len(fences[-1][0]) and not rest:
+                    fences.pop()
+                else:
+                    gated = gated or bool(GATED_OPEN.match(stripped))
+                    gated = gated and not GATED_CLOSE.match(stripped)
+                    is_code = not rest.startswith("{")  # ```python ... ``` is code
+                    fences.append((marker, "code" if is_code else bool(SOLUTION_OPEN.match(stripped))))
+                previous_blank_or_code = False
+                continue
+            if not fences and re.match(r"^##\s+\S", line):
+                section_is_experiment = "experiment" in line.lower()
+            in_code = any(kind == "code" for _, kind in fences)
+            indented_code = line.startswith("    ") and previous_blank_or_code
+            previous_blank_or_code = not stripped or indented_code
+            in_solution = gated or any(kind is True for _, kind in fences)
+            if in_code or indented_code or stripped.startswith(("%", ":")) or not stripped:
+                continue
+            if section_is_experiment or in_solution:
+                out.append((i, line, exempt))
+    return out
+
+
+def unglued_numbers(cells: list[dict]) -> list[str]:
+    found = []
+    for i, line, exempt in prose_to_check(cells):
+        text = ROLE_OR_CODE.sub(" ", line)
+        text = re.sub(r"\]\([^)]*\)", "]", text)  # link targets
+        for number in DECIMAL.findall(text):
+            if significant_digits(number) >= 2 and number not in exempt and number not in GLUE_ALLOWED:
+                found.append(f"cell {i}: {number} in {line.strip()[:100]!r}")
+    return found
+
+
+def _md(text: str) -> dict:
+    return {"cell_type": "markdown", "source": text}
+
+
+def test_unglued_numbers_detector():
+    experiment = "## Experiment\n\nThe loss fell to 0.031 and then to {glue:text}`gap:.3f`."
+    assert unglued_numbers([_md(experiment)]) == ["cell 0: 0.031 in " + repr(experiment.splitlines()[2])]
+    assert unglued_numbers([_md("## Derivation\n\nThe loss fell to 0.031.")]) == []
+    assert unglued_numbers([_md("## Experiment\n\nWith $\\rho = 0.2$ and $K = 8$ samples.")]) == []
+    assert unglued_numbers([_md("## Experiment\n% not from a run: 0.25\nWith $\\sigma^2 = 0.25$.")]) == []
+    assert unglued_numbers([_md("## Experiment\n\n```python\nx = 0.125\n```\n\n    y = 0.375\n")]) == []
+    solution = "## Exercises\n\n```{solution} ex\n:class: dropdown\n\nIt is 0.058.\n```\n"
+    assert len(unglued_numbers([_md(solution)])) == 1
+    gated = "```{solution-start} ex\n```\nIt is 0.058.\n```{solution-end}\n```\nOutside 0.058."
+    assert len(unglued_numbers([_md("## Exercises\n"), _md(gated)])) == 1
+    assert significant_digits("0.050") == 2 and significant_digits("0.05") == 1
+    assert significant_digits("12.5") == 3
+
+
+def glue_checked_notebooks() -> list[Path]:
+    return [p for p in book_notebooks() if rel(p) not in GLUE_CHECK_PENDING]
+
+
+def test_glue_check_pending_lists_existing_chapters():
+    assert GLUE_CHECK_PENDING <= {rel(p) for p in book_notebooks()}
+
+
+@pytest.mark.parametrize("nb_path", glue_checked_notebooks(), ids=rel)
+def test_numbers_in_experiments_and_solutions_are_glued(nb_path):
+    found = unglued_numbers(load_nb(nb_path)["cells"])
+    assert not found, (
+        f"{rel(nb_path)}: numbers typed into Experiment or solution prose; glue them from the run "
+        f"({{glue:text}}`key:.3f`) or, for a setup constant, list it in a '% not from a run:' "
+        f"comment line of the cell: {found}"
+    )
+
+
 # ---------------------------------------------------------------- Binder environment
 def _req_name(req: str) -> str:
     return re.split(r"[<>=!~\[ ;@]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
