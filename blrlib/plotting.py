@@ -31,12 +31,12 @@ __all__ = [
 #: Dots per inch of every figure (on the screen and in the saved PNG).
 DPI = 100
 
-#: Width in inches of a figure that fills the text column. The column of
-#: sphinx-book-theme 1.3 is 784 CSS px wide at a 1,400 px window (the article is the
-#: window minus the 20 % primary sidebar and the 17 rem secondary one, less 2 rem
-#: padding on each side); a notebook output leaves about 760 px of it for an image.
+#: Width in inches of a figure that fills the text column. At a 1,400 px browser window
+#: the article of sphinx-book-theme 1.3 is 848 CSS px wide (the window less the 20 %
+#: primary sidebar and the 17 rem secondary one), 784 px inside its 2 rem padding; a
+#: captioned (numbered) figure has 768 px of it (measured in Chromium).
 #: ``FULL_WIDTH * DPI`` = 740 px fits inside with the few pixels that matplotlib's
-#: tight bounding box may add around the axes labels.
+#: tight bounding box may add around the axes labels, so the figure is shown at 100 %.
 FULL_WIDTH = 7.4
 
 #: The smallest font size, in points, that the book style uses (tick labels, legends).

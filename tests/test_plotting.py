@@ -13,9 +13,9 @@ import torch  # noqa: E402
 
 from blrlib import metrics, plotting  # noqa: E402
 
-# The text column of the built book at a 1,400 px window, in CSS px, for an image inside a
-# notebook output (measured in Chromium; tests/test_site.py checks the built pages).
-COLUMN_PX = 760
+# The width, in CSS px, that a captioned figure has in the built book at a 1,400 px window
+# (measured in Chromium; tests/test_site.py checks every figure of the built pages).
+COLUMN_PX = 768
 
 
 @pytest.fixture(autouse=True)
