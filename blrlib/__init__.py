@@ -10,6 +10,7 @@ from . import classical, estimators, families, rule
 from .device import large_problems, pick_device, seed_everything
 from .estimators import delta_method, expectation_gradient, gauss_newton, monte_carlo
 from .families import Bernoulli, DiagonalGaussian, ExponentialFamily, FixedCovarianceGaussian, FullGaussian
+from .families import Beta, Categorical, Dirichlet, Gamma, NormalGamma, NormalWishart, Wishart
 from .rule import blr_step, improved_blr_step, run_blr
 
 __version__ = "0.1.0"
@@ -34,6 +35,13 @@ __all__ = [
     "ExponentialFamily",
     "FixedCovarianceGaussian",
     "FullGaussian",
+    "Beta",
+    "Gamma",
+    "Dirichlet",
+    "Categorical",
+    "NormalGamma",
+    "Wishart",
+    "NormalWishart",
     "blr_step",
     "improved_blr_step",
     "run_blr",

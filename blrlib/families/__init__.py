@@ -1,8 +1,22 @@
-"""Candidate families: exponential families with natural and expectation parameters."""
+"""Candidate families: exponential families with natural and expectation parameters.
+
+Part I/II families (one member each): :class:`FixedCovarianceGaussian`, :class:`DiagonalGaussian`,
+:class:`FullGaussian`, :class:`Bernoulli`. Families with a batch of independent members (the
+leading dimensions; see :mod:`blrlib.families.base`): :class:`Beta`, :class:`Gamma`,
+:class:`Dirichlet`, :class:`Categorical`, :class:`NormalGamma`, :class:`Wishart`,
+:class:`NormalWishart`. Draws of a Gaussian's parameters come as :class:`GaussianParameters`.
+"""
 
 from .base import ExponentialFamily, flatten_params, unflatten_params
 from .bernoulli import Bernoulli
+from .beta import Beta
+from .categorical import Categorical
+from .dirichlet import Dirichlet
+from .gamma import Gamma
 from .gaussian import DiagonalGaussian, FixedCovarianceGaussian, FullGaussian
+from .normal_gamma import GaussianParameters, NormalGamma
+from .normal_wishart import NormalWishart
+from .wishart import Wishart
 
 __all__ = [
     "ExponentialFamily",
@@ -10,6 +24,14 @@ __all__ = [
     "DiagonalGaussian",
     "FullGaussian",
     "Bernoulli",
+    "Beta",
+    "Gamma",
+    "Dirichlet",
+    "Categorical",
+    "NormalGamma",
+    "Wishart",
+    "NormalWishart",
+    "GaussianParameters",
     "flatten_params",
     "unflatten_params",
 ]

@@ -15,6 +15,24 @@ Parameters are stored as a :class:`typing.NamedTuple` of tensors whose field nam
 block is (``precision_mean`` rather than ``eta1``). The natural parameters are the canonical state;
 every other parameterisation is computed from them. Objects are immutable: the rule returns a new
 distribution rather than changing one in place.
+
+Batches. A family may hold a batch of independent members (time steps, mixture components, the
+latent variable of each data point). Its class data ``event_ndims`` says how many trailing
+dimensions of each natural-parameter block belong to one member; the leading dimensions are
+``batch_shape``. Then :meth:`log_partition`, :meth:`entropy`, :meth:`kl_divergence` and
+:meth:`log_prob` return one value per member (shape ``batch_shape``, or ``(*sample, *batch_shape)``
+for ``log_prob``), :meth:`fisher` returns one matrix per member (``(*batch_shape, P, P)``), and the
+rule, which is element-wise in :math:`\lambda`, updates every member at once. ``event_ndims = None``
+(the Part I/II families) means that the whole tensor is one member and ``batch_shape == ()``.
+
+What the estimators need is class data too: ``hessian_kind`` (``"full"``, ``"diagonal"`` or
+``"none"``: which expected Hessian :meth:`gradient_wrt_expectation` takes) and ``reparameterizable``
+(whether Bonnet's and Price's theorems apply, i.e. the family is a Gaussian).
+
+Public API (every family): ``from_natural``, ``from_expectation``, ``natural_params``,
+``expectation_params``, ``batch_shape``, ``log_partition(natural=None)``, ``sufficient_statistics``,
+``log_base_measure``, ``log_prob``, ``sample``, ``entropy``, ``kl_divergence``, ``fisher``,
+``entropy_gradient_expectation``, ``gradient_wrt_expectation``.
 """
 
 from __future__ import annotations
@@ -56,6 +74,12 @@ class ExponentialFamily(abc.ABC):
 
     NaturalParams: type
     ExpectationParams: type
+    #: trailing dimensions of each natural block that make up one member (``None``: the whole tensor)
+    event_ndims: tuple[int, ...] | None = None
+    #: the expected Hessian that :meth:`gradient_wrt_expectation` takes: "full", "diagonal" or "none"
+    hessian_kind: str = "none"
+    #: whether samples are a differentiable function of Gaussian noise (Bonnet/Price apply)
+    reparameterizable: bool = False
 
     def __init__(self, natural_params: Sequence[Any]):
         natural = self.NaturalParams(*natural_params)
@@ -95,6 +119,27 @@ class ExponentialFamily(abc.ABC):
     def device(self) -> torch.device:
         return self._natural[0].device
 
+    @property
+    def batch_shape(self) -> torch.Size:
+        """The shape of the batch of independent members (``()`` for a single member)."""
+        if self.event_ndims is None:
+            return torch.Size(())
+        lam = self._natural[0]
+        return lam.shape[: lam.ndim - self.event_ndims[0]]
+
+    def _event_dims(self, block: int, ndim: int | None = None) -> tuple[int, ...]:
+        """The (negative) dimensions of natural block ``block`` that one member spans."""
+        k = self._natural[block].ndim if self.event_ndims is None else self.event_ndims[block]
+        return tuple(range(-k, 0))
+
+    def _inner(self, lams: Sequence[torch.Tensor], stats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:math:`\\langle\\lambda, T\\rangle` per member (summed over each block's event dimensions)."""
+        inner = 0.0
+        for k, (lam, t) in enumerate(zip(lams, stats)):
+            dims = self._event_dims(k)
+            inner = inner + ((lam * t).sum(dim=dims) if dims else lam * t)
+        return inner
+
     # ------------------------------------------------------------------ to implement
     @abc.abstractmethod
     def _validate_natural(self, natural: NamedTuple) -> NamedTuple:
@@ -103,22 +148,22 @@ class ExponentialFamily(abc.ABC):
     @staticmethod
     @abc.abstractmethod
     def log_partition_fn(natural: NamedTuple) -> torch.Tensor:
-        """:math:`A(\\lambda)` as a differentiable function of the natural parameters."""
+        """:math:`A(\\lambda)` as a differentiable function of the natural parameters (per member)."""
 
     @abc.abstractmethod
     def _expectation_from_natural(self, natural: NamedTuple) -> NamedTuple:
         """Closed-form :math:`\\mu(\\lambda)`."""
 
     @abc.abstractmethod
-    def sufficient_statistics(self, theta: torch.Tensor) -> NamedTuple:
+    def sufficient_statistics(self, theta: Any) -> NamedTuple:
         """:math:`T(\\theta)`, structured like the natural parameters; leading sample dimensions allowed."""
 
     @abc.abstractmethod
-    def log_base_measure(self, theta: torch.Tensor) -> torch.Tensor:
+    def log_base_measure(self, theta: Any) -> torch.Tensor:
         """:math:`\\log h(\\theta)`."""
 
     @abc.abstractmethod
-    def sample(self, num_samples: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, num_samples: int | None = None, generator: torch.Generator | None = None) -> Any:
         """Draw :math:`\\theta \\sim q`; with ``num_samples`` the samples stack along dimension 0."""
 
     @abc.abstractmethod
@@ -126,35 +171,54 @@ class ExponentialFamily(abc.ABC):
         """:math:`\\mathcal{H}(q) = -\\mathbb{E}_q[\\log q(\\theta)]`."""
 
     # ------------------------------------------------------------------ generic parts
-    def log_partition(self) -> torch.Tensor:
-        """:math:`A(\\lambda)` at this distribution's natural parameters."""
-        return self.log_partition_fn(self._natural)
+    def log_partition(self, natural: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """:math:`A(\\lambda)`, per member, at ``natural`` (default: this distribution's :math:`\\lambda`).
 
-    def log_prob(self, theta: torch.Tensor) -> torch.Tensor:
+        An ordinary method: ``q.log_partition(lam)`` is differentiable in ``lam`` (use it with
+        autograd to get :math:`\\mu = \\nabla A` and :math:`F = \\nabla^2 A`)."""
+        if natural is None:
+            return self.log_partition_fn(self._natural)
+        return self.log_partition_fn(self.NaturalParams(*natural))
+
+    def log_prob(self, theta: Any) -> torch.Tensor:
         """:math:`\\log q(\\theta) = \\log h(\\theta) + \\langle\\lambda, T(\\theta)\\rangle - A(\\lambda)`."""
         stats = self.sufficient_statistics(theta)
-        inner = 0.0
-        for lam, t in zip(self._natural, stats):
-            dims = tuple(range(-lam.ndim, 0)) if lam.ndim else ()
-            inner = inner + ((lam * t).sum(dim=dims) if dims else lam * t)
-        return self.log_base_measure(theta) + inner - self.log_partition()
+        return self.log_base_measure(theta) + self._inner(self._natural, stats) - self.log_partition()
 
     def fisher(self) -> torch.Tensor:
-        """:math:`F(\\lambda) = \\nabla^2 A(\\lambda)` over the flattened natural parameters.
+        """:math:`F(\\lambda) = \\nabla^2 A(\\lambda)` over the flattened natural parameters of a member.
 
-        The default differentiates :meth:`log_partition_fn` twice with autograd; families with a
-        closed form override it.
+        Shape ``(P, P)`` for a single member, ``(*batch_shape, P, P)`` for a batch, where ``P`` is
+        the number of natural parameters of one member (blocks flattened in order). The default
+        differentiates :meth:`log_partition` twice with autograd; families with a closed form
+        override it.
         """
-        flat = flatten_params(self._natural)
         template = self._natural
+        batch = self.batch_shape
+        if len(batch) == 0:
+            flat = flatten_params(template)
 
-        def log_partition_of_flat(vector: torch.Tensor) -> torch.Tensor:
-            return self.log_partition_fn(unflatten_params(vector, template))
+            def log_partition_of_flat(vector: torch.Tensor) -> torch.Tensor:
+                return self.log_partition_fn(unflatten_params(vector, template)).sum()
 
-        return torch.autograd.functional.hessian(log_partition_of_flat, flat)
+            return torch.autograd.functional.hessian(log_partition_of_flat, flat)
+        members = batch.numel()
+        event_shapes = [t.shape[len(batch) :] for t in template]
+        sizes = [int(torch.Size(e).numel()) for e in event_shapes]
+        flat = torch.cat([t.reshape(members, n) for t, n in zip(template, sizes)], dim=1)
+
+        def log_partition_of_rows(rows: torch.Tensor) -> torch.Tensor:
+            blocks = torch.split(rows, sizes, dim=1)
+            natural = self.NaturalParams(*(b.reshape(members, *e) for b, e in zip(blocks, event_shapes)))
+            return self.log_partition_fn(natural).sum()
+
+        hess = torch.autograd.functional.hessian(log_partition_of_rows, flat)
+        index = torch.arange(members, device=flat.device)
+        per_member = hess[index, :, index, :]  # the diagonal blocks: members are independent
+        return per_member.reshape(*batch, flat.shape[1], flat.shape[1])
 
     def kl_divergence(self, other: "ExponentialFamily") -> torch.Tensor:
-        """:math:`\\mathrm{KL}(q \\,\\|\\, p)` as the Bregman divergence of :math:`A`:
+        """:math:`\\mathrm{KL}(q \\,\\|\\, p)` per member, as the Bregman divergence of :math:`A`:
 
         .. math::
 
@@ -163,8 +227,8 @@ class ExponentialFamily(abc.ABC):
         """
         self._check_compatible("other", other)
         mu = self.expectation_params
-        inner = sum(((lo - ls) * m).sum() for lo, ls, m in zip(other._natural, self._natural, mu))
-        return other.log_partition() - self.log_partition() - inner
+        diff = [lo - ls for lo, ls in zip(other._natural, self._natural)]
+        return other.log_partition() - self.log_partition() - self._inner(diff, mu)
 
     def entropy_gradient_expectation(self) -> NamedTuple:
         """:math:`\\nabla_\\mu \\mathcal{H}(q)`, the entropy term of the rule.
@@ -175,6 +239,15 @@ class ExponentialFamily(abc.ABC):
         Families with a non-constant base measure override this.
         """
         return self.ExpectationParams(*(-lam for lam in self._natural))
+
+    def gradient_wrt_expectation(self, expected_gradient: Any, expected_hessian: Any = None) -> NamedTuple:
+        """Map expected derivatives of a loss to :math:`\\nabla_\\mu\\mathbb{E}_q[\\ell]` (the chain rule
+        the estimators use). Families without such a map compute :math:`\\nabla_\\mu\\mathbb{E}_q[\\ell]`
+        directly (for example from the coefficients of :math:`T` in a conjugate loss)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no map from expected derivatives to the expectation gradient; "
+            "pass grad_expectation to blr_step directly"
+        )
 
     def _check_compatible(self, name: str, other: "ExponentialFamily") -> None:
         if type(other) is not type(self):
