@@ -10,8 +10,8 @@ from . import classical, estimators, families, rule
 from .device import large_problems, pick_device, seed_everything
 from .estimators import delta_method, expectation_gradient, gauss_newton, monte_carlo
 from .families import Bernoulli, DiagonalGaussian, ExponentialFamily, FixedCovarianceGaussian, FullGaussian
-from .families import Beta, Categorical, Dirichlet, Gamma, NormalGamma, NormalWishart, Wishart
-from .rule import blr_step, improved_blr_step, run_blr
+from .families import Beta, Categorical, Dirichlet, Gamma, MeanField, NormalGamma, NormalWishart, Wishart
+from .rule import blr_step, improved_blr_step, mean_field_sweep, run_blr
 
 __version__ = "0.1.0"
 
@@ -42,7 +42,9 @@ __all__ = [
     "NormalGamma",
     "Wishart",
     "NormalWishart",
+    "MeanField",
     "blr_step",
+    "mean_field_sweep",
     "improved_blr_step",
     "run_blr",
     "delta_method",

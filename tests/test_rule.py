@@ -163,3 +163,24 @@ def test_improved_step_rejects_other_families(generator):
     q = random_family("bernoulli", generator)
     with pytest.raises(ValueError, match="q must be a FullGaussian or DiagonalGaussian"):
         blrlib.improved_blr_step(q, q.expectation_params, 0.5)
+
+
+# ---------------------------------------------------------------------------- run_blr's step index
+def test_run_blr_passes_the_step_index_to_two_argument_callbacks(generator):
+    """A loss that changes every step (a filter's, a minibatch's): the callback gets t = 0, 1, ..."""
+    q0 = random_family("full", generator, 2)
+    targets = torch.randn(5, 2, generator=generator, dtype=torch.float64)
+    seen = []
+
+    def grads(q, t):
+        seen.append(t)
+        return expectation_gradient(lambda th: 0.5 * ((th - targets[t]) ** 2).sum(), q)
+
+    result = blrlib.run_blr(q0, grads, rho=1.0, num_steps=5)
+    assert seen == [0, 1, 2, 3, 4]
+    for t in range(5):  # rho = 1 on a quadratic: each iterate is that step's target
+        assert_close(result.iterates[t + 1].mean, targets[t], rtol=1e-12, atol=1e-12)
+    # pass_step=False keeps the one-argument form even for a callback with two parameters.
+    calls = []
+    blrlib.run_blr(q0, lambda q, extra=None, *rest: calls.append(extra) or grads(q, 0), 1.0, 2, pass_step=False)
+    assert calls == [None, None]

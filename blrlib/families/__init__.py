@@ -4,7 +4,7 @@ Part I/II families (one member each): :class:`FixedCovarianceGaussian`, :class:`
 :class:`FullGaussian`, :class:`Bernoulli`. Families with a batch of independent members (the
 leading dimensions; see :mod:`blrlib.families.base`): :class:`Beta`, :class:`Gamma`,
 :class:`Dirichlet`, :class:`Categorical`, :class:`NormalGamma`, :class:`Wishart`,
-:class:`NormalWishart`. Draws of a Gaussian's parameters come as :class:`GaussianParameters`.
+:class:`NormalWishart`. Products of families: :class:`MeanField`. Draws of a Gaussian's parameters come as :class:`GaussianParameters`.
 """
 
 from .base import ExponentialFamily, flatten_params, unflatten_params
@@ -14,6 +14,7 @@ from .categorical import Categorical
 from .dirichlet import Dirichlet
 from .gamma import Gamma
 from .gaussian import DiagonalGaussian, FixedCovarianceGaussian, FullGaussian
+from .mean_field import MeanField
 from .normal_gamma import GaussianParameters, NormalGamma
 from .normal_wishart import NormalWishart
 from .wishart import Wishart
@@ -32,6 +33,7 @@ __all__ = [
     "Wishart",
     "NormalWishart",
     "GaussianParameters",
+    "MeanField",
     "flatten_params",
     "unflatten_params",
 ]
