@@ -35,6 +35,25 @@ import torch.nn as nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from blrlib.optim import IVON  # noqa: E402
+import blrlib.optim as blr_optim  # noqa: E402
+
+BEFORE_PATH = ""
+BEFORE = None  # ``--before DIR``: a second copy of blrlib (e.g. an older commit), loaded as ``blrlib_before``
+
+
+def load_before(path):
+    """Import the blrlib package at ``path`` under the name ``blrlib_before`` (side-by-side timing)."""
+    import importlib
+    import importlib.util
+
+    path = os.path.abspath(path)
+    spec = importlib.util.spec_from_file_location(
+        "blrlib_before", os.path.join(path, "__init__.py"), submodule_search_locations=[path]
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["blrlib_before"] = mod
+    spec.loader.exec_module(mod)
+    return importlib.import_module("blrlib_before.optim")
 
 try:
     import ivon as ivon_opt  # GPL-3, benchmark/test oracle only
@@ -65,7 +84,60 @@ def make_opt(name, model):
         return IVON(ps, lr=0.1, ess=50_000)
     if name == "blrlib-fused":
         return IVON(ps, lr=0.1, ess=50_000, fused=True)
+    if name == "ivon-before":
+        return BEFORE.IVON(ps, lr=0.1, ess=50_000)
     raise ValueError(name)
+
+
+def make_rule_opt(name, model):
+    """The other diagonal-Gaussian optimizers; ``-before`` names use the ``--before`` copy."""
+    base, _, before = name.partition("-")
+    mod = BEFORE if before else blr_optim
+    ps = model.parameters()
+    if base == "rmsprop":
+        return mod.RuleRMSprop(ps, lr=1e-3, ess=50_000, prior_precision=1.0)
+    if base == "ogn":
+        return mod.OGN(ps, lr=1e-3, ess=50_000, beta1=0.9)
+    if base == "vogn":
+        return mod.VOGN(ps, lr=1e-3, ess=50_000, beta1=0.9)
+    raise ValueError(name)
+
+
+def bench_rule(device, size, rows_pe, methods, rounds, reps):
+    """Time ``step()`` of RuleRMSprop (p.grad in place), OGN and VOGN (``per_example_grads`` of
+    ``rows_pe`` rows given; VOGN also enters ``sampled_params()`` once), interleaved."""
+    models = {m: make_mlp(size, device) for m in methods}
+    opts = {m: make_rule_opt(m, models[m]) for m in methods}
+    g = torch.Generator().manual_seed(0)
+    for m in methods:
+        for p in models[m].parameters():
+            p.grad = 1e-3 * torch.randn(p.shape, generator=g).to(device)
+    pe = [1e-3 * torch.randn((rows_pe, *p.shape), generator=g).to(device) for p in models[methods[0]].parameters()]
+
+    def one(m):
+        opt = opts[m]
+        if m.startswith("rmsprop"):
+            opt.step()
+        elif m.startswith("ogn"):
+            opt.step(per_example_grads=pe)
+        else:
+            with opt.sampled_params():
+                pass
+            opt.step(per_example_grads=pe)
+
+    t = {m: [] for m in methods}
+    for m in methods:
+        for _ in range(2):
+            one(m)
+    for _ in range(rounds):
+        for m in methods:
+            for _ in range(reps):
+                sync(device)
+                a = CLOCK()
+                one(m)
+                sync(device)
+                t[m].append(CLOCK() - a)
+    return {m: 1e3 * statistics.median(v) for m, v in t.items()}
 
 
 def sync(device):
@@ -148,7 +220,10 @@ import ctypes, json, sys, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads({threads})
 from torch.utils._python_dispatch import TorchDispatchMode
+import benchmarks.optim_step as bo
 from benchmarks.optim_step import make_mlp, make_opt, train_step
+if {before!r}:
+    bo.BEFORE = bo.load_before({before!r})
 dev = torch.device({device!r})
 
 if dev.type == "cuda":
@@ -204,7 +279,7 @@ def memory(device, size, batch, methods, threads):
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     out = {}
     for m in ["none"] + methods:
-        code = _MEM_CHILD.format(root=root, threads=threads, device=str(device), size=size, batch=batch, name=m)
+        code = _MEM_CHILD.format(root=root, before=BEFORE_PATH, threads=threads, device=str(device), size=size, batch=batch, name=m)
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         out[m] = json.loads(r.stdout.strip().splitlines()[-1])
     return out
@@ -216,7 +291,7 @@ def table(rows, mem, device):
     lines.append(f"Device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {clock}. "
                  "Times in ms (medians).")
     lines.append("")
-    variants = [v for v in ("blrlib", "blrlib-fused") if ("train", v) in rows[0]["ms"]]
+    variants = [v for v in ("blrlib", "ivon-before", "blrlib-fused") if ("train", v) in rows[0]["ms"]]
     lines.append("| MLP | batch | variant | AdamW train | ivon-opt train | blrlib train | AdamW opt | ivon-opt opt "
                  "| blrlib opt | draw | speed-up vs ivon-opt | (blrlib-AdamW)/draw | blrlib/AdamW |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -246,6 +321,18 @@ def table(rows, mem, device):
     return "\n".join(lines)
 
 
+def rule_table(rule_rows, device):
+    clock = "thread CPU time" if CLOCK is time.thread_time else "wall time"
+    lines = [f"Device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {clock}. "
+             "`step()` in ms (medians); OGN/VOGN from 4 per-example gradients per parameter.", "",
+             "| MLP | optimizer | before | after | before/after |", "|---|---|---|---|---|"]
+    for size, ms in rule_rows.items():
+        for m in ("rmsprop", "ogn", "vogn"):
+            b = ms.get(m + "-before", float("nan"))
+            lines.append(f"| {size} | {m} | {b:.2f} | {ms[m]:.2f} | {b / ms[m]:.2f}x |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -257,6 +344,10 @@ def main():
     ap.add_argument("--batches", default="64,128,512")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--fused", action="store_true", help="also time IVON(fused=True) (torch.compile)")
+    ap.add_argument("--before", default=None,
+                    help="path of another blrlib package (e.g. `git archive <commit> blrlib | tar -x -C /tmp/b`, "
+                         "then /tmp/b/blrlib): time its IVON, RuleRMSprop, OGN, VOGN side by side")
+    ap.add_argument("--rule-only", action="store_true", help="only the RuleRMSprop/OGN/VOGN step table")
     ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
                     help="wall: perf_counter; thread: CPU time of the calling thread (with --threads 1 this "
                          "is the work done, insensitive to other processes on a loaded machine)")
@@ -265,10 +356,26 @@ def main():
     global CLOCK
     CLOCK = time.thread_time if args.clock == "thread" else time.perf_counter
     device = torch.device(args.device)
+    global BEFORE, BEFORE_PATH
+    if args.before:
+        BEFORE_PATH = os.path.abspath(args.before)
+        BEFORE = load_before(BEFORE_PATH)
+    rounds = 3 if args.quick else args.rounds
+    rule_methods = ["rmsprop", "ogn", "vogn"]
+    if BEFORE is not None:
+        rule_methods = [x for m in rule_methods for x in (m + "-before", m)]
+    rule_rows = {}
+    for size in args.sizes.split(","):
+        rule_rows[size] = bench_rule(device, size, 4, rule_methods, rounds, args.reps)
+        print(f"# rule {size}: {rule_rows[size]}", file=sys.stderr, flush=True)
+    print(rule_table(rule_rows, device))
+    if args.rule_only:
+        return
     methods = ["adamw", "blrlib"] + (["ivon-opt"] if ivon_opt is not None else [])
+    if BEFORE is not None:
+        methods.append("ivon-before")
     if args.fused:
         methods.append("blrlib-fused")
-    rounds = 3 if args.quick else args.rounds
     rows = bench(device, args.sizes.split(","), [int(b) for b in args.batches.split(",")], methods, rounds, args.reps)
     mem = {} if args.no_memory else memory(device, "2.4M", 128, methods, args.threads)
     print(table(rows, mem, device))

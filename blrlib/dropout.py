@@ -42,11 +42,13 @@ it stores is :math:`w = p\,m = \mathbb E_q[\theta]`, the mean of the candidate. 
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any, NamedTuple, Sequence
 
 import torch
+
+from ._validation import Range, check_hyperparameters
+from .optim.kernels import fixed_cov_gaussian_step
 
 __all__ = [
     "check_keep_prob",
@@ -59,21 +61,19 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- argument checks
-def _real(name: str, value: Any, *, low: float, low_open: bool, high: float | None = None) -> float:
-    """``value`` as a float in the interval, else a ValueError that names ``name`` and the range."""
-    allowed = (f"> {low:g}" if low_open else f">= {low:g}") + (f" and <= {high:g}" if high is not None else "")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"Invalid {name}: {value!r} (must be a finite real number {allowed})")
-    v = float(value)
-    bad = not math.isfinite(v) or (v <= low if low_open else v < low) or (high is not None and v > high)
-    if bad:
-        raise ValueError(f"Invalid {name}: {value!r} (must be a finite real number {allowed})")
-    return v
+#: The ranges of the dropout step's arguments, declared once (the checks and the tests read them).
+DROPOUT_RANGES = {
+    "rho": Range(low=0.0, high=1.0, low_open=True),
+    "variance": Range(low=0.0, low_open=True),
+    "keep_prob": Range(low=0.0, high=1.0, low_open=True),
+    "ess": Range(low=0.0, low_open=True),
+    "prior_precision": Range(low=0.0),
+}
 
 
 def check_keep_prob(keep_prob: Any) -> float:
     """Check the keep probability :math:`p \\in (0, 1]` (``p = 1`` means no dropout) and return it."""
-    return _real("keep_prob", keep_prob, low=0.0, low_open=True, high=1.0)
+    return DROPOUT_RANGES["keep_prob"].check("keep_prob", keep_prob)
 
 
 # ---------------------------------------------------------------- masks
@@ -175,11 +175,9 @@ def dropout_rule_step(
         ValueError: naming the argument, for a bad hyperparameter, shapes that differ or a gradient that is
             not finite.
     """
-    rho = _real("rho", rho, low=0.0, low_open=True, high=1.0)
-    variance = _real("variance", variance, low=0.0, low_open=True)
-    p = check_keep_prob(keep_prob)
-    ess = _real("ess", ess, low=0.0, low_open=True)
-    prior_precision = _real("prior_precision", prior_precision, low=0.0, low_open=False)
+    check_hyperparameters(dict(rho=rho, variance=variance, keep_prob=keep_prob, ess=ess,
+                               prior_precision=prior_precision), DROPOUT_RANGES)
+    p = float(keep_prob)
     if not isinstance(mean, torch.Tensor) or not mean.is_floating_point():
         raise ValueError(f"Invalid mean: expected a floating-point tensor, got {type(mean).__name__}")
     if not isinstance(masked_grad, torch.Tensor):
@@ -189,7 +187,9 @@ def dropout_rule_step(
     if not bool(torch.isfinite(masked_grad).all()):
         raise ValueError("Invalid masked_grad: contains NaN or infinite values; all entries must be finite")
     masked_grad = masked_grad.to(dtype=mean.dtype, device=mean.device)
-    return mean - (rho * variance) * ((ess / p) * masked_grad + prior_precision * mean)
+    # the fixed-covariance Gaussian's step with the importance weight 1/p folded into N
+    return fixed_cov_gaussian_step(mean, masked_grad, rho=float(rho), variance=float(variance),
+                                   ess=float(ess) / p, prior_precision=float(prior_precision))
 
 
 class DropoutSGDHyperparameters(NamedTuple):
@@ -214,9 +214,7 @@ def dropout_sgd_hyperparameters(
 
     For a group that is never dropped use ``keep_prob = 1`` (the mapping of plain SGD).
     """
-    rho = _real("rho", rho, low=0.0, low_open=True, high=1.0)
-    variance = _real("variance", variance, low=0.0, low_open=True)
-    p = check_keep_prob(keep_prob)
-    ess = _real("ess", ess, low=0.0, low_open=True)
-    prior_precision = _real("prior_precision", prior_precision, low=0.0, low_open=False)
+    check_hyperparameters(dict(rho=rho, variance=variance, keep_prob=keep_prob, ess=ess,
+                               prior_precision=prior_precision), DROPOUT_RANGES)
+    rho, variance, p, ess, prior_precision = (float(x) for x in (rho, variance, keep_prob, ess, prior_precision))
     return DropoutSGDHyperparameters(lr=rho * variance * ess * p, weight_decay=prior_precision / (ess * p))

@@ -128,6 +128,9 @@ def blr_step(q: ExponentialFamily, grad_expectation: Sequence[torch.Tensor], rho
     fields = q.ExpectationParams._fields
     if len(grad_expectation) != len(fields):
         raise ValueError(f"grad_expectation must have {len(fields)} blocks {fields}; got {len(grad_expectation)}")
+    kernel_step = _family_kernel_step(q, grad_expectation, rho, improved=False)
+    if kernel_step is not None:
+        return kernel_step
     entropy_grad = q.entropy_gradient_expectation()
     new_natural = []
     for field, lam, grad, ent in zip(fields, q.natural_params, grad_expectation, entropy_grad):
@@ -135,6 +138,34 @@ def blr_step(q: ExponentialFamily, grad_expectation: Sequence[torch.Tensor], rho
         check_same_shape(f"grad_expectation.{field}", grad, f"natural_params block for {field}", lam)
         new_natural.append(lam - rho * (grad - ent))
     return q._replace(q.NaturalParams(*new_natural))
+
+
+def _family_kernel_step(q, grad_expectation, rho: float, improved: bool):
+    """The rule on a family that has a step kernel (:mod:`blrlib.optim.kernels`, written once and shared
+    with the optimizers): diagonal Gaussian, fixed-covariance Gaussian, Bernoulli. ``None`` otherwise."""
+    from .families import Bernoulli, DiagonalGaussian, FixedCovarianceGaussian
+
+    if not isinstance(q, (DiagonalGaussian, FixedCovarianceGaussian, Bernoulli)):
+        return None
+    from .optim.kernels import DiagGaussianConfig, DiagGaussianState, bernoulli_step, diag_gaussian_step
+    from .optim.kernels import fixed_cov_gaussian_step
+
+    grads = []
+    for field, grad, lam in zip(q.ExpectationParams._fields, grad_expectation, q.natural_params):
+        grad = as_float_tensor(f"grad_expectation.{field}", grad).to(dtype=lam.dtype, device=lam.device)
+        check_same_shape(f"grad_expectation.{field}", grad, f"natural_params block for {field}", lam)
+        grads.append(grad)
+    if isinstance(q, FixedCovarianceGaussian):  # entropy constant: m' = m - rho sigma^2 grad
+        mean = fixed_cov_gaussian_step(q.mean, grads[0], rho=rho, variance=q.variance)
+        return q._replace(q.NaturalParams(mean / q.variance))
+    if isinstance(q, Bernoulli):  # lambda' = (1 - rho) lambda - rho grad
+        return q._replace(q.NaturalParams(bernoulli_step(q.natural_params[0], grads[0], rho=rho)[0]))
+    # diagonal Gaussian: (g - H m, H/2) -> H, g; s' = (1 - rho) s + rho H [+ correction]; m' = m - rho g/s'
+    mean = q.mean
+    hess = 2.0 * grads[1]
+    cfg = DiagGaussianConfig(lr=rho, beta2=1.0 - rho, curvature="hessian", correction=improved)
+    new = diag_gaussian_step(DiagGaussianState(mean, q.precision, None, 0), grads[0] + hess * mean, hess, cfg=cfg)
+    return q._replace(q.NaturalParams(new.precision * new.mean, -0.5 * new.precision))
 
 
 def improved_blr_step(q, grad_expectation: Sequence[torch.Tensor], rho: float):
@@ -166,25 +197,22 @@ def improved_blr_step(q, grad_expectation: Sequence[torch.Tensor], rho: float):
         raise ValueError(f"q must be a FullGaussian or DiagonalGaussian; got {type(q).__name__}")
     if len(grad_expectation) != 2:
         raise ValueError(f"grad_expectation must have 2 blocks ('mean', 'second_moment'); got {len(grad_expectation)}")
+    kernel_step = _family_kernel_step(q, grad_expectation, rho, improved=True)
+    if kernel_step is not None:
+        return kernel_step
     mean, precision = q.mean, q.precision
     blocks = []
     for field, grad, like in zip(("mean", "second_moment"), grad_expectation, q.natural_params):
         grad = as_float_tensor(f"grad_expectation.{field}", grad).to(dtype=like.dtype, device=like.device)
         check_same_shape(f"grad_expectation.{field}", grad, f"natural_params block for {field}", like)
         blocks.append(grad)
-    hess = 2.0 * blocks[1]
-    if isinstance(q, FullGaussian):
-        hess = 0.5 * (hess + hess.T)
-        grad_mean = blocks[0] + hess @ mean
-        gap = precision - hess
-        new_precision = (1.0 - rho) * precision + rho * hess + 0.5 * rho**2 * gap @ torch.linalg.solve(precision, gap)
-        new_precision = 0.5 * (new_precision + new_precision.T)
-        new_precision_mean = new_precision @ mean - rho * grad_mean
-    else:
-        grad_mean = blocks[0] + hess * mean
-        gap = precision - hess
-        new_precision = (1.0 - rho) * precision + rho * hess + 0.5 * rho**2 * gap * gap / precision
-        new_precision_mean = new_precision * mean - rho * grad_mean
+    hess = 2.0 * blocks[1]  # a FullGaussian (the diagonal one went to the kernel above)
+    hess = 0.5 * (hess + hess.T)
+    grad_mean = blocks[0] + hess @ mean
+    gap = precision - hess
+    new_precision = (1.0 - rho) * precision + rho * hess + 0.5 * rho**2 * gap @ torch.linalg.solve(precision, gap)
+    new_precision = 0.5 * (new_precision + new_precision.T)
+    new_precision_mean = new_precision @ mean - rho * grad_mean
     return q._replace(q.NaturalParams(new_precision_mean, -0.5 * new_precision))
 
 

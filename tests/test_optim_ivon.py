@@ -293,7 +293,7 @@ def test_nonfinite_gradient_raises_and_leaves_state(bad):
         (dict(mc_samples=0), r"Invalid mc_samples: 0 \(must be an integer >= 1\)"),
         (dict(mc_samples=1.5), r"Invalid mc_samples: 1.5"),
         (dict(hess_approx="exact"), r"Invalid hess_approx: 'exact' \(must be one of 'price', 'gradsq'\)"),
-        (dict(clip_radius=0.0), r"Invalid clip_radius: 0.0 \(must be > 0\)"),
+        (dict(clip_radius=0.0), r"Invalid clip_radius: 0.0 \(must be a real number > 0\)"),
         (dict(generator=3), r"Invalid generator"),
     ],
 )

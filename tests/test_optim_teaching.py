@@ -269,7 +269,7 @@ BAD_ARGS = [
     (RuleSGD, dict(lr="0.1"), r"Invalid lr: '0\.1'"),
     (RuleRMSprop, dict(lr=0.0), r"Invalid lr: 0\.0 \(must be a finite real number > 0 and <= 1\)"),
     (RuleRMSprop, dict(lr=1.5), r"Invalid lr: 1\.5"),
-    (RuleRMSprop, dict(beta=1.0), r"Invalid beta: 1\.0 \(must be a finite real number >= 0 and < 1\)"),
+    (RuleRMSprop, dict(beta=1.0), r"Invalid beta: 1\.0 \(must be a finite real number >= 0 and < 1 or None\)"),
     (RuleRMSprop, dict(ess=-3.0), r"Invalid ess: -3\.0"),
     (RuleRMSprop, dict(prior_precision=float("inf")), r"Invalid prior_precision: inf"),
     (RuleRMSprop, dict(init_precision=0.0), r"Invalid init_precision: 0\.0"),

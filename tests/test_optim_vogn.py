@@ -291,7 +291,7 @@ def test_precision_stays_positive_on_negative_curvature():
         (dict(beta1=1.0), r"Invalid beta1: 1.0 \(must be a finite real number >= 0 and < 1\)"),
         (dict(beta2=1.5), r"Invalid beta2: 1.5 \(must be a finite real number >= 0 and <= 1\)"),
         (dict(prior_precision=-1.0), r"Invalid prior_precision: -1.0 \(must be a finite real number >= 0\)"),
-        (dict(init_precision=0.0), r"Invalid init_precision: 0.0 \(must be a finite real number > 0\)"),
+        (dict(init_precision=0.0), r"Invalid init_precision: 0.0 \(must be a finite real number > 0 or None\)"),
         (dict(prior_precision=0.0), r"Invalid init_precision: None with prior_precision 0"),
         (dict(debias="yes"), r"Invalid debias"),
         (dict(mc_samples=0), r"Invalid mc_samples: 0 \(must be an integer >= 1\)"),

@@ -117,7 +117,18 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _validation as _v
+from .. import _validation as _v
+from .._validation import Range, check_hyperparameters
+from .kernels import bernoulli_step
+
+#: The hyperparameters' ranges, declared once (validator, docstrings and tests read them).
+BINARY_RANGES = {
+    "lr": Range(low=0.0, high=1.0),
+    "ess": Range(low=0.0, low_open=True),
+    "prior_lambda": Range(),
+    "momentum": Range(low=0.0, high=1.0, high_open=True),
+    "mc_samples": Range(kind="int", low=1),
+}
 
 __all__ = [
     "STE",
@@ -182,8 +193,10 @@ def binary_rule_step(
     Symbols: :math:`\rho` = ``lr``, :math:`\hat\gv_\mu` = ``grad_mu`` (an estimate of
     :math:`\nabla_\mu\E_q[N\hat\ell]`), :math:`\lambda_0` = ``prior_lambda``.
     """
-    lr = _v.check_real("lr", lr, low=0.0, high=1.0)
-    return lam - lr * (grad_mu + lam - prior_lambda)
+    lr = BINARY_RANGES["lr"].check("lr", lr)
+    if not isinstance(prior_lambda, Tensor):
+        prior_lambda = BINARY_RANGES["prior_lambda"].check("prior_lambda", prior_lambda)
+    return bernoulli_step(lam, grad_mu, rho=lr, prior_lambda=prior_lambda)[0]
 
 
 # ---------------------------------------------------------------- the optimizers
@@ -212,11 +225,7 @@ class _BinaryRule(Optimizer):
 
     # -------------------------------------------------------------- arguments
     def _validate_group(self, g: dict) -> None:
-        _v.check_real("lr", g["lr"], low=0.0, high=1.0)
-        _v.check_real("ess", g["ess"], low=0.0, low_open=True)
-        _v.check_real("prior_lambda", g["prior_lambda"])
-        _v.check_real("momentum", g["momentum"], low=0.0, high=1.0, high_open=True)
-        _v.check_int("mc_samples", g["mc_samples"], low=1)
+        check_hyperparameters(g, BINARY_RANGES)
 
     def add_param_group(self, param_group: dict) -> None:
         for k, v in self.defaults.items():
@@ -396,19 +405,18 @@ class _BinaryRule(Optimizer):
                     if beta > 0:
                         st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["step"] += 1
-                # d = g_mu + lambda - lambda_0 (the natural gradient of the objective)
                 if grad_scale is not None:
                     acc.div_(grad_scale.to(device=acc.device, dtype=acc.dtype))
-                d = acc.div_(m).add_(p).sub_(lam0)
+                buf = None
                 if beta > 0:
                     buf = st.get("momentum_buffer")
                     if buf is None:
                         buf = st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    buf.mul_(beta).add_(d, alpha=1.0 - beta)
-                    bias = 1.0 - beta ** float(st["step"])
-                    p.add_(buf, alpha=-rho / bias)
-                else:
-                    p.add_(d, alpha=-rho)
+                new, new_buf = bernoulli_step(p, acc.div_(m), rho=rho, prior_lambda=float(lam0), momentum=buf,
+                                              beta=float(beta), step=int(st["step"]))
+                p.copy_(new)
+                if buf is not None:
+                    buf.copy_(new_buf)
         self._discard_samples()
         return loss
 

@@ -9,9 +9,9 @@ IVON, per entry (see :class:`blrlib.optim.IVON` for the symbols):
 
 .. math::
 
-    \sigma = 1/\sqrt{\lambda(h+\delta)},\quad \theta_k = m + \sigma\epsilon_k,\quad
+    \sigma = 1/\sqrt{N(h+\delta)},\quad \theta_k = m + \sigma\epsilon_k,\quad
     \hat g = \overline{g_k},\quad \hat h = \overline{g_k\epsilon_k}/\sigma
-    \ (\text{or } \lambda\,\overline{g_k^2}),
+    \ (\text{or } N\,\overline{g_k^2}),
 
     \bar g' = \beta_1\bar g + (1-\beta_1)\hat g,\quad
     h' = \beta_2 h + (1-\beta_2)\hat h + \tfrac12(1-\beta_2)^2 (h-\hat h)^2/(h+\delta),
@@ -26,6 +26,9 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from .._validation import Range, check_hyperparameters
+from .kernels import DiagGaussianConfig, DiagGaussianState, diag_gaussian_step
+
 __all__ = [
     "IVONState",
     "ivon_init",
@@ -34,7 +37,23 @@ __all__ = [
     "ivon_hess_estimate",
     "ivon_update",
     "ivon_step",
+    "IVON_RANGES",
 ]
+
+#: IVON's hyperparameters' ranges, declared once (the optimizer, these functions and the tests read them).
+IVON_RANGES = {
+    "lr": Range(low=0.0),
+    "ess": Range(low=0.0, low_open=True),
+    "hess_init": Range(low=0.0, low_open=True),
+    "beta1": Range(low=0.0, high=1.0, high_open=True),
+    "beta2": Range(low=0.0, high=1.0),
+    "weight_decay": Range(low=0.0),
+    "mc_samples": Range(kind="int", low=1),
+    "hess_approx": Range(kind="choice", choices=("price", "gradsq")),
+    "clip_radius": Range(low=0.0, low_open=True, allow_inf=True),
+    "debias": Range(kind="bool"),
+    "rescale_lr": Range(kind="bool"),
+}
 
 
 class IVONState(NamedTuple):
@@ -51,7 +70,7 @@ def ivon_init(param: Tensor, hess_init: float = 1.0) -> IVONState:
 
 
 def ivon_sigma(state: IVONState, ess: float, weight_decay: float) -> Tensor:
-    r"""Posterior standard deviation :math:`\sigma = 1/\sqrt{\lambda(h+\delta)}`."""
+    r"""Posterior standard deviation :math:`\sigma = 1/\sqrt{N(h+\delta)}`."""
     return 1.0 / torch.sqrt(ess * (state.hess + weight_decay))
 
 
@@ -67,7 +86,7 @@ def ivon_hess_estimate(
 
     ``"price"``: :math:`\hat h = \frac1K\sum_k g_k\epsilon_k/\sigma` (Stein/Price identity:
     :math:`\mathbb E[\nabla\ell(m+\sigma\epsilon)\,\epsilon] = \sigma\,\mathbb E[\nabla^2\ell]`);
-    ``"gradsq"``: :math:`\hat h = \lambda\frac1K\sum_k g_k^2`.
+    ``"gradsq"``: :math:`\hat h = N\frac1K\sum_k g_k^2`.
     """
     if method == "price":
         return torch.stack([g * e for g, e in zip(grads, noises)]).mean(0) / sigma
@@ -91,15 +110,17 @@ def ivon_update(
     debias: bool = True,
     rescale_lr: bool = True,
 ) -> tuple[Tensor, IVONState]:
-    """One IVON update from the averaged gradient ``grad`` and Hessian estimate ``hess_hat``."""
-    t = state.step + 1
-    mom = beta1 * state.momentum + (1 - beta1) * grad
-    h = state.hess
-    hess = beta2 * h + (1 - beta2) * hess_hat + 0.5 * (1 - beta2) ** 2 * (h - hess_hat) ** 2 / (h + weight_decay)
-    bc = 1 - beta1**t if debias else 1.0
+    """One IVON update from the averaged gradient ``grad`` and Hessian estimate ``hess_hat``
+    (:func:`blrlib.optim.kernels.diag_gaussian_step` with IVON's settings; the scalars are checked)."""
+    check_hyperparameters(dict(lr=lr, hess_init=hess_init, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
+                               clip_radius=clip_radius, debias=debias, rescale_lr=rescale_lr), IVON_RANGES)
     alpha = lr * (hess_init + weight_decay) if rescale_lr else lr
-    direction = ((mom / bc + weight_decay * mean) / (hess + weight_decay)).clamp(-clip_radius, clip_radius)
-    return mean - alpha * direction, IVONState(t, mom, hess)
+    cfg = DiagGaussianConfig(
+        lr=alpha, beta2=beta2, curvature="hessian", prior_precision=weight_decay, prior_in_state=False,
+        correction=True, beta1=beta1, momentum_on="data", debias=debias, clip_radius=clip_radius,
+    )
+    new = diag_gaussian_step(DiagGaussianState(mean, state.hess, state.momentum, state.step), grad, hess_hat, cfg=cfg)
+    return new.mean, IVONState(new.step, new.momentum, new.precision)
 
 
 def ivon_step(
@@ -115,6 +136,7 @@ def ivon_step(
     **kwargs,
 ) -> tuple[Tensor, IVONState]:
     """A whole IVON step from the gradients ``grads[k]`` taken at ``ivon_sample(mean, state, noises[k], ...)``."""
+    check_hyperparameters(dict(lr=lr, ess=ess, hess_approx=hess_approx, weight_decay=weight_decay), IVON_RANGES)
     sigma = ivon_sigma(state, ess, weight_decay)
     g = torch.stack(list(grads)).mean(0)
     hhat = ivon_hess_estimate(grads, noises, sigma, ess, hess_approx)

@@ -14,39 +14,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _validation as _v
+from .. import _validation as _v
+from .kernels import DiagGaussianConfig, DiagGaussianState, diag_gaussian_step_compiled, diag_gaussian_step_foreach_
 
 __all__ = ["IVON", "flat_group_noise"]
 
 NoiseFn = Callable[[list, dict], None]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-_FUSED_STEP = None
-
-
-def _fused_price_step():
-    """The one-sample Price step of one tensor as one ``torch.compile``'d elementwise pass.
-
-    Reads g, eps, r, h, gbar, m once and writes h, gbar, m, r once (eager: ~29 passes).
-    """
-    global _FUSED_STEP
-    if _FUSED_STEP is None:
-
-        def step(p, g, e, r, h, mom, inv_sq, c_h, c_k, c_b1, wd_bc, neg_lr_bc, wd):
-            w = e * g - h * r * inv_sq  # (hhat - h) sigma
-            h_new = h + c_h * w / r + c_k * w * w
-            mom_new = mom + c_b1 * (g - mom)
-            d = h_new + wd
-            p_new = p + neg_lr_bc * (mom_new + wd_bc * p) / d
-            h.copy_(h_new)
-            mom.copy_(mom_new)
-            p.copy_(p_new)
-            r.copy_(torch.rsqrt(d))
-
-        _FUSED_STEP = torch.compile(step, dynamic=True)
-    return _FUSED_STEP
 
 
 def _state_dtype(p: Tensor) -> torch.dtype:
@@ -495,9 +470,11 @@ class IVON(Optimizer):
                 "are unchanged (pass skip_nonfinite=True to skip such steps instead)"
             )
         scale = inv_scale / n_samples
-        # Phase 2: update.
+        # Phase 2: update. The Price statistic eps*g was formed from scaled gradients (one factor of the
+        # loss scale S); the squared gradient from two (S^2).
         for group, plan in plans:
-            self._update_group(group, plan, scale)
+            stat_scale = scale if group["hess_approx"] == "price" else inv_scale * inv_scale / n_samples
+            self._update_group(group, plan, scale, stat_scale)
         self._reset_samples()
         return loss
 
@@ -578,84 +555,57 @@ class IVON(Optimizer):
             by_dev.setdefault(s.device, []).append(s.float() if s.dtype != torch.float64 else s)
         return any(not bool(torch.isfinite(torch.stack(v).sum())) for v in by_dev.values())
 
-    def _update_group(self, group: dict, plan: dict, scale: float) -> None:
+    @staticmethod
+    def _config(group: dict, grad_scale: float) -> DiagGaussianConfig:
+        """IVON as a setting of the diagonal-Gaussian kernel: h holds the data part (o = delta), Price or
+        Gauss-Newton curvature, the positivity correction, momentum on the data gradient, clipping."""
+        wd = float(group["weight_decay"])
+        alpha = group["lr"] * (group["hess_init"] + wd) if group["rescale_lr"] else group["lr"]
+        return DiagGaussianConfig(
+            lr=float(alpha), beta2=float(group["beta2"]),
+            curvature="price" if group["hess_approx"] == "price" else "gauss_newton",
+            ess=float(group["ess"]), grad_scale=grad_scale, prior_precision=wd, prior_in_state=False,
+            correction=True, beta1=float(group["beta1"]), momentum_on="data", debias=bool(group["debias"]),
+            clip_radius=float(group["clip_radius"]),
+        )
+
+    def _update_group(self, group: dict, plan: dict, scale: float, stat_scale: float) -> None:
         params, grads, hstats, works = plan["params"], plan["grads"], plan["hstats"], plan["works"]
-        lr, ess, wd = group["lr"], float(group["ess"]), float(group["weight_decay"])
-        b1, b2 = group["beta1"], group["beta2"]
-        price = group["hess_approx"] == "price"
         states = [self.state[p] for p in params]
-        moms = [s["momentum"] for s in states]
-        hess = [s["hess"] for s in states]
-        rsds = [w["rsd"] for w in works]  # r = 1/sqrt(h + delta) of the sample; sigma = r / sqrt(ess)
-        scratch = [w["noise"] for w in works]  # free once the Hessian statistic is consumed
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1.0)
-        sq = math.sqrt(ess)
+        cfg = self._config(group, scale)
         if plan.get("fused"):
-            self._fused_update(group, params, grads, works, moms, hess, steps)
+            self._compiled_update(cfg, params, grads, works, states)
             return
-
-        # momentum: gbar <- b1 gbar + (1 - b1) ghat, ghat = scale * sum g
-        if scale == 1.0:
-            torch._foreach_lerp_(moms, grads, 1.0 - b1)
-        else:
-            torch._foreach_mul_(moms, b1)
-            torch._foreach_add_(moms, grads, alpha=(1.0 - b1) * scale)
-
-        # Hessian, with e = hhat - h and w = e sigma (1/(h + delta) = ess sigma^2):
-        #   h <- h + (1 - b2) e + 0.5 (1 - b2)^2 e^2 / (h + delta) = h + (1 - b2) w / sigma + 0.5 (1 - b2)^2 ess w^2
-        if price:
-            # hstats = sum eps*g, hhat = scale * hstats / sigma, so w = scale * hstats - h sigma
-            if scale != 1.0:
-                torch._foreach_mul_(hstats, scale)
-            torch._foreach_addcmul_(hstats, hess, rsds, value=-1.0 / sq)
-            torch._foreach_addcdiv_(hess, hstats, rsds, value=(1.0 - b2) * sq)
-        else:
-            # hhat = ess * scale * sum g^2
-            torch._foreach_mul_(hstats, scale * ess)
-            torch._foreach_sub_(hstats, hess)
-            torch._foreach_add_(hess, hstats, alpha=1.0 - b2)
-            torch._foreach_mul_(hstats, rsds)
-            torch._foreach_mul_(hstats, 1.0 / sq)
-        torch._foreach_addcmul_(hess, hstats, hstats, value=0.5 * (1.0 - b2) ** 2 * ess)
-
-        # mean: m <- m - alpha clip((gbar / bc + delta m) / (h + delta), +-r)
-        alpha = lr * (group["hess_init"] + wd) if group["rescale_lr"] else lr
-        bcs = []
-        for s_, mo, p, sc, rs, h in zip(steps, moms, params, scratch, rsds, hess):
-            bc = 1.0 - b1 ** float(s_.item()) if group["debias"] else 1.0
-            bcs.append(bc)
-            torch.add(mo, p, alpha=wd * bc, out=sc)  # sc = bc (gbar / bc + delta m)
-            torch.add(h, wd, out=rs)  # rs = h + delta (becomes 1/sqrt(h + delta) below)
-        for w in works:
-            w["key"] = wd
-        radius = group["clip_radius"]
-        if math.isinf(radius):
-            torch._foreach_addcdiv_(params, scratch, rsds, [-alpha / bc for bc in bcs])
-        else:
-            torch._foreach_div_(scratch, rsds)
-            torch._foreach_mul_(scratch, [1.0 / bc for bc in bcs])
-            torch._foreach_clamp_min_(scratch, -radius)
-            torch._foreach_clamp_max_(scratch, radius)
-            torch._foreach_add_(params, scratch, alpha=-alpha)
+        if stat_scale != 1.0:
+            torch._foreach_mul_(hstats, stat_scale)
+        # the r = 1/sqrt(h + delta) cache is the kernel's second work buffer: it enters holding r of the
+        # sample and leaves holding h' + delta, whose rsqrt is the cache for the next sample
+        rsds = [w["rsd"] for w in works]
+        means = [p if p.dtype == s["hess"].dtype else p.to(s["hess"].dtype) for p, s in zip(params, states)]
+        diag_gaussian_step_foreach_(
+            means, [s["hess"] for s in states], [s["momentum"] for s in states], grads, hstats,
+            [float(t) for t in steps], cfg, scratch=hstats, scratch2=rsds, scratch2_holds_rsqrt=True,
+        )
+        for p, m in zip(params, means):
+            if m is not p:
+                p.copy_(m)
         torch._foreach_rsqrt_(rsds)
+        for w in works:
+            w["key"] = cfg.prior_precision
 
-    def _fused_update(self, group, params, grads, works, moms, hess, steps) -> None:
-        lr, ess, wd = group["lr"], float(group["ess"]), float(group["weight_decay"])
-        b1, b2 = group["beta1"], group["beta2"]
-        alpha = lr * (group["hess_init"] + wd) if group["rescale_lr"] else lr
-        fn = _fused_price_step()
-        for p, g, w, mo, h, s_ in zip(params, grads, works, moms, hess, steps):
-            bc = 1.0 - b1 ** float(s_.item()) if group["debias"] else 1.0
-            dt = h.dtype
-            sc = [
-                torch.tensor(v, dtype=dt, device=p.device)
-                for v in (1.0 / math.sqrt(ess), (1.0 - b2) * math.sqrt(ess), 0.5 * (1.0 - b2) ** 2 * ess,
-                          1.0 - b1, wd * bc, -alpha / bc, wd)
-            ]
-            v = lambda t: t.view(-1)  # noqa: E731  one compiled kernel for every shape
-            fn(v(p), v(g), v(w["noise"]), v(w["rsd"]), v(h), v(mo), *sc)
-            w["key"] = wd
+    def _compiled_update(self, cfg, params, grads, works, states) -> None:
+        """``fused=True``: the same kernel through ``torch.compile``, one call per large tensor."""
+        for p, g, w, st in zip(params, grads, works, states):
+            stat = w["noise"].mul_(g)  # Price statistic eps * g of the one sample
+            old = DiagGaussianState(p, st["hess"], st["momentum"], int(st["step"].item()) - 1)
+            new = diag_gaussian_step_compiled(old, g, stat, cfg=cfg)
+            p.copy_(new.mean)
+            st["hess"].copy_(new.precision)
+            st["momentum"].copy_(new.momentum)
+            torch.add(st["hess"], cfg.prior_precision, out=w["rsd"]).rsqrt_()
+            w["key"] = cfg.prior_precision
 
     # ------------------------------------------------------------------ read-outs
     @torch.no_grad()

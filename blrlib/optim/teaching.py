@@ -41,7 +41,9 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from . import _validation as _v
+from .. import _validation as _v
+from .._validation import Range, check_hyperparameters, document_ranges
+from .kernels import DiagGaussianConfig, DiagGaussianState, diag_gaussian_step, diag_gaussian_step_foreach_, fixed_cov_gaussian_step
 
 __all__ = [
     "RuleSGD",
@@ -59,13 +61,35 @@ __all__ = [
 
 _HESSIANS = ("rule", "torch")
 
+#: The hyperparameters' ranges, declared once (validator, docstrings and tests read them).
+RULE_SGD_RANGES = {
+    "rho": Range(low=0.0, high=1.0, low_open=True),
+    "variance": Range(low=0.0, low_open=True),
+    "ess": Range(low=0.0, low_open=True),
+    "prior_precision": Range(low=0.0),
+}
+RULE_RMSPROP_RANGES = {
+    "lr": Range(low=0.0, high=1.0, low_open=True),
+    "rho": Range(low=0.0, high=1.0, low_open=True),
+    "beta": Range(low=0.0, high=1.0, high_open=True, optional=True),
+    "ess": Range(low=0.0, low_open=True),
+    "prior_precision": Range(low=0.0),
+    "init_precision": Range(low=0.0, low_open=True),
+}
+MODIFIED_RULE_RANGES = {
+    "lr": Range(low=0.0),
+    "rho": Range(low=0.0, high=1.0, low_open=True),
+    "weight_decay": Range(low=0.0),
+    "hessian": Range(kind="choice", choices=_HESSIANS),
+    "sqrt": Range(kind="bool"),
+    "eps": Range(low=0.0),
+    "beta1": Range(low=0.0, high=1.0, high_open=True),
+    "bias_correction": Range(kind="bool"),
+    "init_second_moment": Range(low=0.0),
+}
+
 
 # ---------------------------------------------------------------- argument checks
-def _real(name: str, value, *, low=None, high=None, low_open=False, high_open=False) -> float:
-    """``value`` as a float if it is a finite real number in the interval, else a ValueError naming ``name``."""
-    return _v.check_real(name, value, low=low, high=high, low_open=low_open, high_open=high_open)
-
-
 def _closure_and_checked_grads(param_groups, closure) -> tuple:
     """Call the closure (with gradients enabled) and collect ``(group, param, grad)`` for every
     parameter with a gradient, checking all gradients before any state changes."""
@@ -113,9 +137,10 @@ def rule_sgd(state: RuleSGDState, grad: Tensor, *, rho: float, variance: float, 
     :math:`\delta` = ``prior_precision``, :math:`\hat g_t` = ``grad`` (the minibatch-mean gradient at
     :math:`m_t`), :math:`m_t` = ``state.mean``. Pure: returns a new state.
     """
-    mean = state.mean
-    direction = ess * grad + prior_precision * mean
-    return RuleSGDState(mean - (rho * variance) * direction, state.step + 1)
+    check_hyperparameters(dict(rho=rho, variance=variance, ess=ess, prior_precision=prior_precision), RULE_SGD_RANGES)
+    new_mean = fixed_cov_gaussian_step(state.mean, grad, rho=rho, variance=variance, ess=ess,
+                                       prior_precision=prior_precision)
+    return RuleSGDState(new_mean, state.step + 1)
 
 
 class RuleRMSpropState(NamedTuple):
@@ -128,7 +153,7 @@ class RuleRMSpropState(NamedTuple):
 
 def rule_rmsprop_init(mean: Tensor, init_precision: float = 1.0) -> RuleRMSpropState:
     """The state before the first step: :math:`m_0` (a copy of ``mean``), :math:`s_0` = ``init_precision`` everywhere."""
-    init_precision = _real("init_precision", init_precision, low=0.0, low_open=True)
+    init_precision = RULE_RMSPROP_RANGES["init_precision"].check("init_precision", init_precision)
     mean = mean.detach().clone()
     return RuleRMSpropState(mean, torch.full_like(mean, init_precision), 0)
 
@@ -155,15 +180,16 @@ def rule_rmsprop(
     the precision is averaged with its own rate, :math:`s_{t+1} = \beta s_t + (1-\beta)(N\hat g_t^2+\delta)`
     (``beta = 1 - rho`` is the rule). Pure: returns a new state.
     """
-    mean, precision = state.mean, state.precision
-    curvature = ess * grad * grad + prior_precision
-    if beta is None:
-        new_precision = (1.0 - rho) * precision + rho * curvature
-    else:
-        new_precision = beta * precision + (1.0 - beta) * curvature
-    direction = ess * grad + prior_precision * mean
-    new_mean = mean - rho * direction / new_precision
-    return RuleRMSpropState(new_mean, new_precision, state.step + 1)
+    check_hyperparameters(dict(rho=rho, ess=ess, prior_precision=prior_precision, beta=beta), RULE_RMSPROP_RANGES)
+    new = diag_gaussian_step(DiagGaussianState(state.mean, state.precision, None, state.step), grad,
+                             cfg=_rule_rmsprop_config(rho, ess, prior_precision, beta))
+    return RuleRMSpropState(new.mean, new.precision, new.step)
+
+
+def _rule_rmsprop_config(rho, ess, prior_precision, beta) -> DiagGaussianConfig:
+    """RuleRMSprop as a setting of the diagonal-Gaussian kernel: curvature N g^2 + delta, no momentum."""
+    return DiagGaussianConfig(lr=rho, beta2=1.0 - rho if beta is None else beta, curvature="gradsq", ess=ess,
+                              grad_scale=ess, prior_precision=prior_precision, prior_in_state=True)
 
 
 class ModifiedRuleState(NamedTuple):
@@ -177,7 +203,7 @@ class ModifiedRuleState(NamedTuple):
 
 def modified_rule_init(mean: Tensor, init_second_moment: float = 0.0) -> ModifiedRuleState:
     """The state before the first step: :math:`m_0` (a copy), :math:`v_0` = ``init_second_moment``, :math:`u_0 = 0`."""
-    init_second_moment = _real("init_second_moment", init_second_moment, low=0.0)
+    init_second_moment = MODIFIED_RULE_RANGES["init_second_moment"].check("init_second_moment", init_second_moment)
     mean = mean.detach().clone()
     return ModifiedRuleState(mean, torch.full_like(mean, init_second_moment), torch.zeros_like(mean), 0)
 
@@ -222,24 +248,20 @@ def modified_rule(
 
     Pure: returns a new state.
     """
-    if hessian not in _HESSIANS:
-        raise ValueError(f"Invalid hessian: {hessian!r} (must be one of {_HESSIANS})")
-    mean, v, u = state.mean, state.second_moment, state.first_moment
-    t = state.step + 1
-    g = grad + weight_decay * mean if weight_decay != 0.0 else grad
-    h = grad * grad + weight_decay if hessian == "rule" else g * g
-    v = (1.0 - rho) * v + rho * h
-    u = torch.lerp(u, g, 1.0 - beta1) if beta1 != 0.0 else g
-    step_size = lr
-    if bias_correction:
-        step_size = lr / (1.0 - beta1**t)
-        scale_v = 1.0 - (1.0 - rho) ** t
-    if sqrt:
-        denom = (v.sqrt() / math.sqrt(scale_v) if bias_correction else v.sqrt()) + eps
+    check_hyperparameters(dict(lr=lr, rho=rho, weight_decay=weight_decay, hessian=hessian, sqrt=sqrt, eps=eps,
+                               beta1=beta1, bias_correction=bias_correction), MODIFIED_RULE_RANGES)
+    cfg = DiagGaussianConfig(
+        lr=lr, beta2=1.0 - rho, curvature="gradsq" if hessian == "rule" else "gradsq_total", ess=1.0,
+        grad_scale=1.0, prior_precision=weight_decay, prior_in_state=True, beta1=beta1, momentum_on="total",
+        debias=bias_correction, debias_precision=bias_correction, sqrt=sqrt, eps=eps,
+    )
+    u = state.first_moment if beta1 != 0.0 else None
+    new = diag_gaussian_step(DiagGaussianState(state.mean, state.second_moment, u, state.step), grad, cfg=cfg)
+    if beta1 == 0.0:  # the "momentum" of beta1 = 0 is this step's gradient (the prior's term included)
+        u = grad + weight_decay * state.mean if weight_decay != 0.0 else grad.clone()
     else:
-        denom = (v / scale_v if bias_correction else v) + eps
-    new_mean = mean - step_size * (u / denom)
-    return ModifiedRuleState(new_mean, v, u.clone() if u is g else u, t)
+        u = new.momentum
+    return ModifiedRuleState(new.mean, new.precision, u, new.step)
 
 
 # ---------------------------------------------------------------- optimizer classes
@@ -286,19 +308,20 @@ class RuleSGD(torch.optim.Optimizer):
     @staticmethod
     def _resolve(group: dict) -> dict:
         """Check a group's hyperparameters and return them as (lr, variance, ess, prior_precision)."""
-        ess = _real("ess", group.get("ess", 1.0), low=0.0, low_open=True)
-        delta = _real("prior_precision", group.get("prior_precision", 0.0), low=0.0)
+        R = RULE_SGD_RANGES
+        ess = R["ess"].check("ess", group.get("ess", 1.0))
+        delta = R["prior_precision"].check("prior_precision", group.get("prior_precision", 0.0))
         lr, rho, variance = group.get("lr"), group.get("rho"), group.get("variance")
         if (lr is None) == (rho is None):
             raise ValueError(f"Invalid lr/rho: lr={lr!r}, rho={rho!r} (give exactly one of them)")
         if variance is not None:
-            variance = _real("variance", variance, low=0.0, low_open=True)
+            variance = R["variance"].check("variance", variance)
         if rho is not None:
-            rho = _real("rho", rho, low=0.0, high=1.0, low_open=True)
+            rho = R["rho"].check("rho", rho)
             variance = 1.0 if variance is None else variance
             lr = rho * variance * ess
         else:
-            lr = _real("lr", lr, low=0.0)
+            lr = _v.check_real("lr", lr, low=0.0)
             if variance is None:
                 variance = lr / ess if lr > 0.0 else 1.0
             implied = lr / (variance * ess)
@@ -340,9 +363,8 @@ class RuleSGD(torch.optim.Optimizer):
             if "step" not in st:
                 st["step"] = torch.tensor(0.0)
             rho = group["lr"] / (group["variance"] * group["ess"])
-            new = rule_sgd(RuleSGDState(p, int(st["step"])), grad, rho=rho, variance=group["variance"],
-                           ess=group["ess"], prior_precision=group["prior_precision"])
-            p.copy_(new.mean)
+            p.copy_(fixed_cov_gaussian_step(p, grad, rho=rho, variance=group["variance"], ess=group["ess"],
+                                            prior_precision=group["prior_precision"]))
             st["step"] += 1
         return loss
 
@@ -382,12 +404,7 @@ class RuleRMSprop(torch.optim.Optimizer):
 
     @staticmethod
     def _check(group: dict) -> None:
-        _real("lr", group["lr"], low=0.0, high=1.0, low_open=True)
-        if group["beta"] is not None:
-            _real("beta", group["beta"], low=0.0, high=1.0, high_open=True)
-        _real("ess", group["ess"], low=0.0, low_open=True)
-        _real("prior_precision", group["prior_precision"], low=0.0)
-        _real("init_precision", group["init_precision"], low=0.0, low_open=True)
+        check_hyperparameters(group, RULE_RMSPROP_RANGES)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -417,14 +434,24 @@ class RuleRMSprop(torch.optim.Optimizer):
     def step(self, closure: Optional[Callable[[], Tensor]] = None):
         """One step for every parameter that has a gradient; returns the closure's loss if one is given."""
         loss, work = _closure_and_checked_grads(self.param_groups, closure)
+        by_group: dict = {}
         for group, p, grad in work:
             st = self.state[p]
             if "step" not in st:
                 st["step"] = torch.tensor(0.0)
                 st["precision"] = torch.full_like(p, float(group["init_precision"]), memory_format=torch.preserve_format)
-            new = rule_rmsprop(RuleRMSpropState(p, st["precision"], int(st["step"])), grad, rho=group["lr"],
-                               ess=group["ess"], prior_precision=group["prior_precision"], beta=group["beta"])
-            p.copy_(new.mean)
-            st["precision"].copy_(new.precision)
-            st["step"] += 1
+            by_group.setdefault(id(group), (group, []))[1].append((p, grad, st))
+        for group, items in by_group.values():
+            cfg = _rule_rmsprop_config(group["lr"], group["ess"], group["prior_precision"], group["beta"])
+            for st in (it[2] for it in items):
+                st["step"] += 1
+            # one foreach call per (device, dtype)
+            buckets: dict = {}
+            for p, grad, st in items:
+                buckets.setdefault((p.device, p.dtype), []).append((p, grad, st))
+            for bucket in buckets.values():
+                diag_gaussian_step_foreach_(
+                    [b[0] for b in bucket], [b[2]["precision"] for b in bucket], None,
+                    [b[1].to(b[0].dtype) for b in bucket], None, [float(b[2]["step"]) for b in bucket], cfg,
+                )
         return loss

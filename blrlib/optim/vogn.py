@@ -67,7 +67,6 @@ Weight-Perturbation in Adam", ICML 2018.
 
 from __future__ import annotations
 
-import numbers
 from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
@@ -75,20 +74,40 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .. import _validation as _v
+from .._validation import Range, check_hyperparameters
 from ..curvature import per_example_grads_from_losses
-from . import _validation as _v
+from .kernels import DiagGaussianConfig, diag_gaussian_step_foreach_
 
-__all__ = ["OGN", "VOGN", "ogn_update_"]
+__all__ = ["OGN", "VOGN", "ogn_update_", "OGN_RANGES"]
+
+#: The hyperparameters' ranges, declared once (validator, docstrings and tests read them).
+OGN_RANGES = {
+    "lr": Range(low=0.0),
+    "ess": Range(low=0.0, low_open=True),
+    "beta1": Range(low=0.0, high=1.0, high_open=True),
+    "beta2": Range(low=0.0, high=1.0),
+    "prior_precision": Range(low=0.0),
+    "init_precision": Range(low=0.0, low_open=True, optional=True),
+    "debias": Range(kind="bool"),
+    "mc_samples": Range(kind="int", low=1),
+}
+
+
+def _ogn_config(group: dict) -> DiagGaussianConfig:
+    """OGN/VOGN as a setting of the diagonal-Gaussian kernel: Gauss-Newton curvature N h + delta,
+    momentum on the whole gradient N g + delta m."""
+    return DiagGaussianConfig(
+        lr=float(group["lr"]), beta2=float(group["beta2"]), curvature="gauss_newton", ess=float(group["ess"]),
+        grad_scale=float(group["ess"]), prior_precision=float(group["prior_precision"]), prior_in_state=True,
+        beta1=float(group["beta1"]), momentum_on="total", debias=bool(group["debias"]),
+    )
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _state_dtype(p: Tensor) -> torch.dtype:
     return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
-
-
-def _check_real(name, value, low=None, high=None, low_open=False, high_open=False) -> float:
-    return _v.check_real(name, value, low=low, high=high, low_open=low_open, high_open=high_open)
 
 
 def ogn_update_(
@@ -118,17 +137,16 @@ def ogn_update_(
     :math:`\beta_1 = 0`), ``grad_mean`` :math:`\hat g`, ``gauss_newton`` :math:`\hat h`, ``step`` the
     1-based :math:`t`. No argument checks (the optimizers check).
     """
+    group = dict(lr=lr, ess=ess, beta1=beta1, beta2=beta2, prior_precision=prior_precision, debias=debias)
+    check_hyperparameters(group, OGN_RANGES)
+    if beta1 > 0.0 and momentum is None:
+        raise ValueError("Invalid momentum: None (a momentum buffer is required when beta1 > 0)")
     sd = precision.dtype
-    m = param.to(sd)
-    precision.mul_(beta2).add_(gauss_newton.to(sd) * ess + prior_precision, alpha=1.0 - beta2)
-    direction = grad_mean.to(sd) * ess + prior_precision * m
-    if beta1 > 0.0:
-        if momentum is None:
-            raise ValueError("momentum buffer is required when beta1 > 0")
-        momentum.mul_(beta1).add_(direction, alpha=1.0 - beta1)
-        direction = momentum / (1.0 - beta1**step) if debias else momentum
-    new = m - lr * direction / precision
-    param.copy_(new.to(param.dtype))
+    m = param if param.dtype == sd else param.to(sd)
+    diag_gaussian_step_foreach_([m], [precision], [momentum] if beta1 > 0.0 else None, [grad_mean.to(sd)],
+                                [gauss_newton.to(sd)], [step], _ogn_config(group))
+    if m is not param:
+        param.copy_(m)
 
 
 class OGN(Optimizer):
@@ -216,21 +234,12 @@ class OGN(Optimizer):
 
     # ------------------------------------------------------------------ arguments
     def _validate_group(self, g: dict) -> None:
-        _check_real("lr", g["lr"], low=0.0)
-        _check_real("ess", g["ess"], low=0.0, low_open=True)
-        _check_real("beta1", g["beta1"], low=0.0, high=1.0, high_open=True)
-        _check_real("beta2", g["beta2"], low=0.0, high=1.0)
-        _check_real("prior_precision", g["prior_precision"], low=0.0)
-        if g["init_precision"] is None:
-            if float(g["prior_precision"]) <= 0.0:
-                raise ValueError(
-                    "Invalid init_precision: None with prior_precision 0 (give init_precision > 0, "
-                    "or a prior_precision > 0 to start from)"
-                )
-        else:
-            _check_real("init_precision", g["init_precision"], low=0.0, low_open=True)
-        if not isinstance(g["debias"], bool):
-            raise ValueError(f"Invalid debias: {g['debias']!r} (must be True or False)")
+        check_hyperparameters(g, OGN_RANGES)
+        if g["init_precision"] is None and float(g["prior_precision"]) <= 0.0:
+            raise ValueError(
+                "Invalid init_precision: None with prior_precision 0 (give init_precision > 0, "
+                "or a prior_precision > 0 to start from)"
+            )
 
     def add_param_group(self, param_group: dict) -> None:
         for k, v in self.defaults.items():
@@ -278,9 +287,17 @@ class OGN(Optimizer):
         return [self._state_for(p, g)["precision"].clone() for g, p in self._trainable()]
 
     @torch.no_grad()
-    def posterior_stddev(self) -> list:
+    def posterior_std(self) -> list:
         r""":math:`\sigma = 1/\sqrt{s}` for every parameter that requires a gradient (param-group order)."""
         return [s.rsqrt() for s in self.posterior_precision()]
+
+    #: the old name of :meth:`posterior_std` (kept as an alias)
+    posterior_stddev = posterior_std
+
+    def rule_parameters(self) -> list:
+        r"""Per group, the rule's :math:`\rho = 1-\beta_2`, :math:`N` (``ess``) and :math:`\delta`."""
+        return [dict(rho=1.0 - float(g["beta2"]), ess=float(g["ess"]), prior_precision=float(g["prior_precision"]))
+                for g in self.param_groups]
 
     def _standard_normal(self, p: Tensor) -> Tensor:
         gen = self.generator
@@ -390,26 +407,29 @@ class OGN(Optimizer):
                     "or infinite values (or overflow when squared); the step was not taken and m, s are unchanged"
                 )
         with torch.no_grad():
+            buckets: dict = {}
             for (group, p), acc in zip(params, sums):
                 if acc is None:
                     continue
                 st = self._state_for(p, group)
                 st["step"] += 1
-                count = acc[2]
-                ogn_update_(
-                    p,
-                    st["precision"],
-                    st.get("momentum"),
-                    acc[0] / count,
-                    acc[1] / count,
-                    step=int(st["step"].item()),
-                    lr=group["lr"],
-                    ess=group["ess"],
-                    beta1=group["beta1"],
-                    beta2=group["beta2"],
-                    prior_precision=group["prior_precision"],
-                    debias=group["debias"],
+                key = (id(group), p.device, p.dtype)
+                buckets.setdefault(key, (group, []))[1].append((p, st, acc))
+            for group, items in buckets.values():
+                cfg = _ogn_config(group)
+                means = [p if p.dtype == st["precision"].dtype else p.to(st["precision"].dtype) for p, st, _ in items]
+                for acc in (it[2] for it in items):
+                    acc[0].div_(acc[2])
+                    acc[1].div_(acc[2])
+                diag_gaussian_step_foreach_(
+                    means, [st["precision"] for _, st, _ in items],
+                    [st["momentum"] for _, st, _ in items] if cfg.beta1 > 0.0 else None,
+                    [acc[0] for _, _, acc in items], [acc[1] for _, _, acc in items],
+                    [float(st["step"]) for _, st, _ in items], cfg,
                 )
+                for (p, _, _), m in zip(items, means):
+                    if m is not p:
+                        p.copy_(m)
         return loss
 
 
@@ -476,9 +496,6 @@ class VOGN(OGN):
 
     def _validate_group(self, g: dict) -> None:
         super()._validate_group(g)
-        k = g["mc_samples"]
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise ValueError(f"Invalid mc_samples: {k!r} (must be an integer >= 1)")
 
     def _closure_pass(self, closure: Callable, params: list, sums: list) -> Tensor:
         # One sample draws noise for every parameter, so K is global: the largest over the groups.
