@@ -630,6 +630,21 @@ def test_fused_step_matches_foreach_step():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+def test_summary_hess_from_data_is_zero_without_data(weight_decay):
+    """All hhat = 0 (a zero loss) => hess_from_data = 0 whatever beta2 and delta (the correction drifts h)."""
+    w = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    opt = IVON([w], lr=0.1, ess=10, hess_init=2.0, beta2=0.7, weight_decay=weight_decay)
+    for _ in range(30):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            (0.0 * w.sum()).backward()
+        opt.step()
+    (row,) = opt.posterior_summary()
+    assert row["hess_rel_change"] > 0.9  # h moved a lot ...
+    assert abs(row["hess_from_data"]) < 1e-12  # ... but none of it is data
+
+
 def test_summary_separates_decay_from_data():
     """With zero gradients h only decays from h0: hess_rel_change moves, hess_from_data stays at 0."""
     w = torch.nn.Parameter(torch.zeros(5, dtype=torch.float64))
@@ -642,7 +657,9 @@ def test_summary_separates_decay_from_data():
     (row,) = opt.posterior_summary()
     # ĥ = 0: h ← β2 h + ½(1 − β2)² h = 0.905 h per step (decay plus the positivity correction)
     assert row["hess_rel_change"] == pytest.approx(1 - 0.905**5)
-    assert 0.0 < row["hess_from_data"] < 0.05
+    # every hhat = 0: nothing came from the data (the correction term is drift, not data)
+    assert abs(row["hess_from_data"]) < 1e-12
+    assert row["hess_drift"] == pytest.approx(0.905**5)
     # A real quadratic loss contributes curvature, which the summary attributes to the data.
     for _ in range(20):
         with opt.sampled_params(train=True):

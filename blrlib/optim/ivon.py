@@ -639,10 +639,14 @@ class IVON(Optimizer):
         ``sigma_prior`` (the prior's :math:`1/\sqrt{\lambda\delta}`, infinite when :math:`\delta = 0`),
         ``hess_mean``, ``hess_rel_change`` (mean of :math:`|h-h_0|/h_0`) and
         ``frac_moved`` (fraction of entries whose :math:`h` moved more than 10 % from
-        :math:`h_0`) and ``hess_from_data``: the mean over entries of
-        :math:`(h - \beta_2^t h_0)/h`, the share of :math:`h` that is *not* the decayed initial
-        guess. ``hess_rel_change`` alone can mislead, because :math:`h` drifts from :math:`h_0` by
-        decay alone (towards :math:`1-\beta_2^t`); a ``hess_from_data`` near 0 after many steps
+        :math:`h_0`), ``hess_drift`` (:math:`h^{\mathrm{drift}}_t`, what :math:`h` would be after
+        :math:`t` steps in which every :math:`\hat h = 0`: the decay plus the positivity correction,
+        :math:`h^{\mathrm{drift}} \leftarrow \beta_2 h^{\mathrm{drift}} + \tfrac12(1-\beta_2)^2
+        (h^{\mathrm{drift}})^2/(h^{\mathrm{drift}}+\delta)` from :math:`h_0`) and ``hess_from_data``: the
+        mean over entries of :math:`(h - h^{\mathrm{drift}}_t)/h`, the share of :math:`h` that the data
+        put there (exactly 0 when every :math:`\hat h` was 0). The correction term is not counted as data.
+        ``hess_rel_change`` alone can mislead, because :math:`h` drifts from :math:`h_0` without any
+        data; a ``hess_from_data`` near 0 after many steps
         means the posterior variance has not been learned from the data: typically ``beta2`` is
         too close to 1 for the number of steps, or ``ess`` is off.
         """
@@ -657,7 +661,7 @@ class IVON(Optimizer):
                 h = st["hess"].double() if "hess" in st else torch.full_like(s, h0)
                 rel = (h - h0).abs() / h0
                 steps = int(st["step"].item()) if "step" in st else 0
-                decayed = float(group["beta2"]) ** steps * h0
+                decayed = self._drift(h0, float(group["beta2"]), float(group["weight_decay"]), steps)
                 rows.append(
                     dict(
                         name=names[k] if names is not None else f"group{gi}.param{j}",
@@ -677,10 +681,21 @@ class IVON(Optimizer):
                         hess_rel_change=rel.mean().item(),
                         frac_moved=(rel > 0.1).double().mean().item(),
                         hess_from_data=((h - decayed) / h).mean().item(),
+                        hess_drift=decayed,
                     )
                 )
                 k += 1
         return rows
+
+    @staticmethod
+    def _drift(h0: float, beta2: float, delta: float, steps: int) -> float:
+        """h after ``steps`` steps with every hhat = 0 (decay and correction only), from h0."""
+        h, c = h0, 0.5 * (1.0 - beta2) ** 2
+        for _ in range(steps):
+            h = beta2 * h + c * h * h / (h + delta)
+            if h == 0.0:
+                break
+        return h
 
     # ------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: dict) -> None:
