@@ -19,6 +19,10 @@ and the functions here estimate those two expectations:
   with ``torch.func.vmap``.
 
 :func:`expectation_gradient` chains an estimator with the family's ``gradient_wrt_expectation``.
+What an estimator needs from a family is declared by the family, not looked up by type: the class
+data ``hessian_kind`` (which expected Hessian its chain rule takes) and ``reparameterizable``
+(whether Bonnet's and Price's theorems apply), and the method ``precision_times`` (for Stein's
+estimate). The estimators take a single member (``q.batch_shape == ()``).
 A loss is a function from a parameter vector (1-D tensor) to a scalar tensor.
 """
 
@@ -30,7 +34,6 @@ import torch
 from torch.func import grad, jacrev, vmap
 
 from ._validation import check_finite
-from .families import Bernoulli, DiagonalGaussian, FixedCovarianceGaussian, FullGaussian
 from .families.base import ExponentialFamily
 
 __all__ = [
@@ -61,11 +64,16 @@ class ExpectedDerivatives(NamedTuple):
 
 
 def _hessian_kind_for(q: ExponentialFamily) -> str:
-    if isinstance(q, FullGaussian):
-        return "full"
-    if isinstance(q, DiagonalGaussian):
-        return "diagonal"
-    return "none"
+    """The expected Hessian the family's chain rule takes (class data ``hessian_kind``)."""
+    return getattr(q, "hessian_kind", "none")
+
+
+def _check_single_member(q: ExponentialFamily) -> None:
+    if len(getattr(q, "batch_shape", ())) != 0:
+        raise ValueError(
+            f"Invalid q: a batch of {tuple(q.batch_shape)} members (must be a single member: estimate "
+            "each member's expected derivatives and call q.gradient_wrt_expectation with the stacked results)"
+        )
 
 
 def _check_kind(name: str, kind: str, allowed: tuple[str, ...]) -> str:
@@ -106,12 +114,7 @@ def delta_method(loss: Loss, mean: torch.Tensor, hessian_kind: str = "full") -> 
 def _gaussian_offsets(q: ExponentialFamily, num_samples: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples :math:`\\theta_k` and the whitened directions :math:`S(\\theta_k - m)` that Stein's identity needs."""
     samples = q.sample(num_samples, generator=generator)
-    centred = samples - q.mean
-    if isinstance(q, FullGaussian):
-        return samples, centred @ q.precision  # S symmetric: rows are (S (θ - m))ᵀ
-    if isinstance(q, DiagonalGaussian):
-        return samples, centred * q.precision
-    return samples, centred / q.variance
+    return samples, q.precision_times(samples - q.mean)
 
 
 def monte_carlo(
@@ -136,12 +139,14 @@ def monte_carlo(
         q: a Gaussian candidate.
         num_samples: :math:`K \ge 1`.
         generator: optional ``torch.Generator`` for reproducible draws.
-        hessian_kind: ``"auto"`` (full for :class:`FullGaussian`, diagonal for :class:`DiagonalGaussian`,
-            none for :class:`FixedCovarianceGaussian`), ``"full"``, ``"diagonal"`` or ``"none"``.
+        hessian_kind: ``"auto"`` (the family's class data ``q.hessian_kind``: full for
+            :class:`FullGaussian`, diagonal for :class:`DiagonalGaussian`, none for
+            :class:`FixedCovarianceGaussian`), ``"full"``, ``"diagonal"`` or ``"none"``.
         hessian_method: ``"exact"`` or ``"stein"``.
     """
-    if not isinstance(q, (FullGaussian, DiagonalGaussian, FixedCovarianceGaussian)):
+    if not getattr(q, "reparameterizable", False):
         raise ValueError(f"q must be a Gaussian candidate for Monte Carlo with Bonnet/Price; got {type(q).__name__}")
+    _check_single_member(q)
     if int(num_samples) != num_samples or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer; got {num_samples}")
     kind = _hessian_kind_for(q) if hessian_kind == "auto" else _check_kind("hessian_kind", hessian_kind, _HESSIAN_KINDS)
@@ -213,9 +218,9 @@ def expectation_gradient(
     straight-through form :math:`\nabla\ell(\mu)` for :class:`~blrlib.families.Bernoulli`).
     """
     _check_kind("method", method, ("delta", "monte_carlo"))
+    _check_single_member(q)
     if method == "delta":
-        kind = "none" if isinstance(q, (Bernoulli, FixedCovarianceGaussian)) else _hessian_kind_for(q)
-        derivs = delta_method(loss, q.mean, hessian_kind=kind)
+        derivs = delta_method(loss, q.mean, hessian_kind=_hessian_kind_for(q))
     else:
         derivs = monte_carlo(loss, q, num_samples, generator=generator, hessian_method=hessian_method)
     return q.gradient_wrt_expectation(derivs.gradient, derivs.hessian)

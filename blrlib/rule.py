@@ -207,13 +207,18 @@ def improved_blr_step(q, grad_expectation: Sequence[torch.Tensor], rho: float):
         check_same_shape(f"grad_expectation.{field}", grad, f"natural_params block for {field}", like)
         blocks.append(grad)
     hess = 2.0 * blocks[1]  # a FullGaussian (the diagonal one went to the kernel above)
-    hess = 0.5 * (hess + hess.T)
-    grad_mean = blocks[0] + hess @ mean
+    hess = 0.5 * (hess + hess.mT)  # .mT and _matvec: a batch of Gaussians steps member by member
+    grad_mean = blocks[0] + _matvec(hess, mean)
     gap = precision - hess
     new_precision = (1.0 - rho) * precision + rho * hess + 0.5 * rho**2 * gap @ torch.linalg.solve(precision, gap)
-    new_precision = 0.5 * (new_precision + new_precision.T)
-    new_precision_mean = new_precision @ mean - rho * grad_mean
+    new_precision = 0.5 * (new_precision + new_precision.mT)
+    new_precision_mean = _matvec(new_precision, mean) - rho * grad_mean
     return q._replace(q.NaturalParams(new_precision_mean, -0.5 * new_precision))
+
+
+def _matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """``matrix @ vector`` for one member or a batch (``(*batch, d, d)`` times ``(*batch, d)``)."""
+    return matrix @ vector if vector.ndim == 1 else (matrix @ vector.unsqueeze(-1)).squeeze(-1)
 
 
 class BLRHistory(NamedTuple):

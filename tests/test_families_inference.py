@@ -27,11 +27,11 @@ from blrlib.families import (
 )
 
 D = torch.float64
-NAMES = ["beta", "gamma", "dirichlet", "categorical", "normal_gamma", "wishart", "normal_wishart"]
+NAMES = ["beta", "gamma", "dirichlet", "categorical", "normal_gamma", "wishart", "normal_wishart", "gaussian"]
 
 
 def _pos(gen, *shape, low=0.5, high=3.0):
-    return low + (high - low) * torch.rand(*shape, generator=gen, dtype=D)
+    return low + (high - low) * torch.rand(shape, generator=gen, dtype=D)
 
 
 def _spd(gen, batch, d):
@@ -59,6 +59,8 @@ def make(name, seed, batch=(3,), d=2):
         return NormalWishart.from_hyperparameters(
             torch.randn(*batch, d, generator=gen, dtype=D), _pos(gen, *batch), _spd(gen, batch, d), d + _pos(gen, *batch)
         )
+    if name == "gaussian":  # a batch of full-covariance Gaussians (information form)
+        return blrlib.FullGaussian.from_mean_precision(torch.randn(*batch, d, generator=gen, dtype=D), _spd(gen, batch, d))
     raise KeyError(name)
 
 
@@ -143,10 +145,12 @@ def _torch_reference(q):
         return dist.Categorical(probs=q.probs)
     if isinstance(q, Wishart):
         return dist.Wishart(df=q.dof, covariance_matrix=q.scale)
+    if isinstance(q, blrlib.FullGaussian):
+        return dist.MultivariateNormal(q.mean, precision_matrix=q.precision)
     raise KeyError(type(q).__name__)
 
 
-@pytest.mark.parametrize("name", ["beta", "gamma", "dirichlet", "categorical", "wishart"])
+@pytest.mark.parametrize("name", ["beta", "gamma", "dirichlet", "categorical", "wishart", "gaussian"])
 def test_log_prob_entropy_kl_match_torch_distributions(name):
     q, p = make(name, 3), make(name, 4)
     ref_q, ref_p = _torch_reference(q), _torch_reference(p)
@@ -354,3 +358,58 @@ def test_constructors_do_not_mutate_or_alias_inputs():
     dof.add_(3.0)
     assert_close(q.scale, torch.eye(2, dtype=D)[None], rtol=1e-12, atol=1e-12)
     assert_close(q.dof, torch.tensor([4.0], dtype=D), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------- the batched Gaussian
+def test_batched_gaussian_rule_updates_every_member_like_one_at_a_time():
+    """A batch of time steps: one blr_step on the batch equals the step on each member."""
+    q = make("gaussian", 30, batch=(4,), d=3)
+    gen = torch.Generator().manual_seed(31)
+    g = torch.randn(4, 3, generator=gen, dtype=D)
+    h = _spd(gen, (4,), 3)
+    grads = q.gradient_wrt_expectation(g, h)
+    new = blrlib.blr_step(q, grads, 0.7)
+    for t in range(4):
+        member = blrlib.FullGaussian.from_mean_precision(q.mean[t], q.precision[t])
+        alone = blrlib.blr_step(member, member.gradient_wrt_expectation(g[t], h[t]), 0.7)
+        assert_close(new.mean[t], alone.mean, rtol=1e-12, atol=1e-12)
+        assert_close(new.precision[t], alone.precision, rtol=1e-12, atol=1e-12)
+    assert_close(new.precision, 0.3 * q.precision + 0.7 * h, rtol=1e-12, atol=1e-12)
+    assert q.sample(5, generator=gen).shape == (5, 4, 3)
+    assert q.sample().shape == (4, 3)
+
+
+def test_batched_gaussian_bad_member_is_named():
+    precision = torch.eye(2, dtype=D).repeat(3, 1, 1)
+    precision[1, 0, 0] = -1.0
+    with pytest.raises(ValueError, match=r"precision\[1\] must be positive definite"):
+        blrlib.FullGaussian.from_mean_precision(torch.zeros(3, 2, dtype=D), precision)
+    with pytest.raises(ValueError, match=r"precision must have shape \(3, 2, 2\)"):
+        blrlib.FullGaussian.from_mean_precision(torch.zeros(3, 2, dtype=D), torch.eye(2, dtype=D))
+
+
+def test_estimators_read_what_they_need_from_the_family():
+    """hessian_kind and reparameterizable are class data; a batch or a non-Gaussian is refused with a message."""
+    assert (blrlib.FullGaussian.hessian_kind, blrlib.DiagonalGaussian.hessian_kind) == ("full", "diagonal")
+    assert (blrlib.FixedCovarianceGaussian.hessian_kind, blrlib.Bernoulli.hessian_kind) == ("none", "none")
+    assert blrlib.FullGaussian.reparameterizable and not Beta.reparameterizable
+    loss = lambda th: (th**2).sum()  # noqa: E731
+    with pytest.raises(ValueError, match=r"Invalid q: a batch of \(3,\) members"):
+        blrlib.expectation_gradient(loss, make("gaussian", 0))
+    with pytest.raises(ValueError, match=r"q must be a Gaussian candidate"):
+        blrlib.monte_carlo(loss, make("beta", 0, batch=()), 2)
+    with pytest.raises(NotImplementedError, match="Beta has no map"):
+        make("beta", 0).gradient_wrt_expectation(torch.zeros(3))
+
+
+def test_improved_step_on_a_batch_equals_each_member():
+    q = make("gaussian", 32, batch=(3,), d=2)
+    gen = torch.Generator().manual_seed(33)
+    g = torch.randn(3, 2, generator=gen, dtype=D)
+    h = -_spd(gen, (3,), 2)  # negative-definite Hessian estimates: the correction term matters
+    new = blrlib.improved_blr_step(q, q.gradient_wrt_expectation(g, h), 0.4)
+    for t in range(3):
+        member = blrlib.FullGaussian.from_mean_precision(q.mean[t], q.precision[t])
+        alone = blrlib.improved_blr_step(member, member.gradient_wrt_expectation(g[t], h[t]), 0.4)
+        assert_close(new.precision[t], alone.precision, rtol=1e-12, atol=1e-12)
+        assert_close(new.mean[t], alone.mean, rtol=1e-12, atol=1e-12)

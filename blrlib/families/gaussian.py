@@ -49,6 +49,28 @@ def _vector(name: str, value: Any) -> torch.Tensor:
     return tensor
 
 
+def _batch_of_vectors(name: str, value: Any) -> torch.Tensor:
+    tensor = as_float_tensor(name, value)
+    if tensor.ndim < 1:
+        raise ValueError(f"{name} must be a vector or a batch of vectors (*batch, d); got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def _check_spd(name: str, matrix: torch.Tensor) -> None:
+    """The library's check for one matrix; a batch is checked at once and a failing member named."""
+    if matrix.ndim <= 2:
+        check_symmetric_positive_definite(name, matrix)
+        return
+    scale = matrix.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    tol = 1e-6 if matrix.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-10
+    symmetric = ((matrix - matrix.mT).abs() <= tol * scale).flatten(-2).all(-1)
+    _, info = torch.linalg.cholesky_ex(matrix)
+    bad = (~symmetric) | (info != 0)
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        check_symmetric_positive_definite(f"{name}[{', '.join(map(str, index))}]", matrix[index])
+
+
 # ====================================================================== fixed covariance
 class FixedCovarianceGaussian(ExponentialFamily):
     r""":math:`\mathcal{N}(m, \sigma^2 I)` with the variance :math:`\sigma^2` held fixed.
@@ -64,6 +86,9 @@ class FixedCovarianceGaussian(ExponentialFamily):
 
     class ExpectationParams(NamedTuple):
         mean: torch.Tensor
+
+    hessian_kind = "none"
+    reparameterizable = True
 
     def __init__(self, natural_params, variance: float = 1.0):
         variance = float(variance)
@@ -136,6 +161,10 @@ class FixedCovarianceGaussian(ExponentialFamily):
         check_same_shape("expected_gradient", g, "mean", self.mean)
         return self.ExpectationParams(g)
 
+    def precision_times(self, centred: torch.Tensor) -> torch.Tensor:
+        """:math:`(\\theta - m)/\\sigma^2` for rows of centred draws (what Stein's Hessian estimate needs)."""
+        return centred / self.variance
+
 
 # ====================================================================== diagonal precision
 class DiagonalGaussian(ExponentialFamily):
@@ -153,6 +182,9 @@ class DiagonalGaussian(ExponentialFamily):
     class ExpectationParams(NamedTuple):
         mean: torch.Tensor
         second_moment: torch.Tensor
+
+    hessian_kind = "diagonal"
+    reparameterizable = True
 
     @classmethod
     def from_mean_precision(cls, mean: Any, precision: Any) -> "DiagonalGaussian":
@@ -243,10 +275,14 @@ class DiagonalGaussian(ExponentialFamily):
         check_same_shape("expected_hessian", h, "mean", self.mean)
         return self.ExpectationParams(g - h * self.mean, 0.5 * h)
 
+    def precision_times(self, centred: torch.Tensor) -> torch.Tensor:
+        """:math:`s \\odot (\\theta - m)` for rows of centred draws (what Stein's Hessian estimate needs)."""
+        return centred * self.precision
+
 
 # ====================================================================== full precision
 class FullGaussian(ExponentialFamily):
-    r""":math:`\mathcal{N}(m, S^{-1})` with a full precision matrix :math:`S \succ 0`.
+    r""":math:`\mathcal{N}(m, S^{-1})` with a full precision matrix :math:`S \succ 0`, or a batch of them.
 
     :math:`\lambda = (S m,\; -S/2)`, :math:`T(\theta) = (\theta, \theta\theta^\top)`,
     :math:`A(\lambda) = -\tfrac14 \lambda^{(1)\top} (\lambda^{(2)})^{-1}\lambda^{(1)} - \tfrac12 \log\det(-2\lambda^{(2)}) + \tfrac d2\log 2\pi`,
@@ -254,6 +290,12 @@ class FullGaussian(ExponentialFamily):
 
     The Fisher returned by :meth:`fisher` is the Hessian of :math:`A` over :math:`\lambda^{(1)}` and all
     :math:`d^2` entries of :math:`\lambda^{(2)}`; on symmetric directions it is the Fisher information.
+
+    A batch of independent members (the information form of every time step of a filter, every
+    mixture component): ``from_mean_precision(mean, precision)`` with ``mean`` of shape ``(*batch, d)``
+    and ``precision`` of shape ``(*batch, d, d)``. ``batch_shape`` is then ``batch``; the log-partition,
+    entropy, KL and ``log_prob`` are per member, ``fisher()`` is ``(*batch, P, P)``, ``sample`` gives
+    ``(*sample, *batch, d)``, and :func:`~blrlib.rule.blr_step` updates every member at once.
     """
 
     class NaturalParams(NamedTuple):
@@ -264,53 +306,63 @@ class FullGaussian(ExponentialFamily):
         mean: torch.Tensor
         second_moment: torch.Tensor
 
+    event_ndims = (1, 2)
+    hessian_kind = "full"
+    reparameterizable = True
+
     @classmethod
     def from_mean_precision(cls, mean: Any, precision: Any) -> "FullGaussian":
-        """From the mean :math:`m` and the precision matrix :math:`S`."""
-        mean = _vector("mean", mean)
+        """From the mean :math:`m` and the precision matrix :math:`S` (or a batch of each)."""
+        mean = _batch_of_vectors("mean", mean)
         precision = as_float_tensor("precision", precision)
-        if precision.shape != (mean.numel(), mean.numel()):
-            raise ValueError(f"precision must have shape {(mean.numel(), mean.numel())} to match mean; got {tuple(precision.shape)}")
-        check_symmetric_positive_definite("precision", precision)
-        return cls((precision @ mean, -0.5 * precision))
+        want = (*mean.shape, mean.shape[-1])
+        if precision.shape != want:
+            raise ValueError(f"precision must have shape {want} to match mean; got {tuple(precision.shape)}")
+        _check_spd("precision", precision)
+        if mean.ndim == 1:
+            return cls((precision @ mean, -0.5 * precision))
+        return cls(((precision @ mean.unsqueeze(-1)).squeeze(-1), -0.5 * precision))
 
     @classmethod
     def from_mean_covariance(cls, mean: Any, covariance: Any) -> "FullGaussian":
-        """From the mean :math:`m` and the covariance :math:`\\Sigma = S^{-1}`."""
+        """From the mean :math:`m` and the covariance :math:`\\Sigma = S^{-1}` (or a batch of each)."""
         covariance = as_float_tensor("covariance", covariance)
-        check_symmetric_positive_definite("covariance", covariance)
+        _check_spd("covariance", covariance)
         return cls.from_mean_precision(mean, torch.linalg.inv(covariance))
 
     @classmethod
     def from_expectation(cls, expectation_params) -> "FullGaussian":
         mean, second = (as_float_tensor(n, v) for n, v in zip(("mean", "second_moment"), expectation_params))
-        covariance = second - torch.outer(mean, mean)
-        try:
-            check_symmetric_positive_definite("second_moment - outer(mean, mean) (the covariance)", covariance)
-        except ValueError:
-            raise
-        return cls.from_mean_covariance(mean, 0.5 * (covariance + covariance.T))
+        covariance = second - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+        _check_spd("second_moment - outer(mean, mean) (the covariance)", covariance)
+        return cls.from_mean_covariance(mean, 0.5 * (covariance + covariance.mT))
 
     def _validate_natural(self, natural):
-        first = _vector("natural_params.precision_mean", natural.precision_mean)
+        first = _batch_of_vectors("natural_params.precision_mean", natural.precision_mean)
         second = as_float_tensor("natural_params.neg_half_precision", natural.neg_half_precision)
-        d = first.numel()
-        if second.shape != (d, d):
-            raise ValueError(f"natural_params.neg_half_precision must have shape {(d, d)}; got {tuple(second.shape)}")
-        check_symmetric_positive_definite("precision (-2 * natural_params.neg_half_precision)", -2.0 * second)
+        want = (*first.shape, first.shape[-1])
+        if second.shape != want:
+            raise ValueError(f"natural_params.neg_half_precision must have shape {want}; got {tuple(second.shape)}")
+        _check_spd("precision (-2 * natural_params.neg_half_precision)", -2.0 * second)
         return self.NaturalParams(first, second)
 
     @staticmethod
     def log_partition_fn(natural) -> torch.Tensor:
         l1, l2 = natural
-        quad = -0.25 * l1 @ torch.linalg.solve(l2, l1)
-        return quad - 0.5 * torch.linalg.slogdet(-2.0 * l2)[1] + 0.5 * l1.numel() * _LOG_2PI
+        if l1.ndim == 1:
+            quad = -0.25 * l1 @ torch.linalg.solve(l2, l1)
+        else:
+            quad = -0.25 * (l1 * torch.linalg.solve(l2, l1.unsqueeze(-1)).squeeze(-1)).sum(-1)
+        return quad - 0.5 * torch.linalg.slogdet(-2.0 * l2)[1] + 0.5 * l1.shape[-1] * _LOG_2PI
 
     def _expectation_from_natural(self, natural):
         l1, l2 = natural
         covariance = torch.linalg.inv(-2.0 * l2)
-        mean = covariance @ l1
-        return self.ExpectationParams(mean, covariance + torch.outer(mean, mean))
+        if l1.ndim == 1:
+            mean = covariance @ l1
+            return self.ExpectationParams(mean, covariance + torch.outer(mean, mean))
+        mean = (covariance @ l1.unsqueeze(-1)).squeeze(-1)
+        return self.ExpectationParams(mean, covariance + mean.unsqueeze(-1) * mean.unsqueeze(-2))
 
     @property
     def precision(self) -> torch.Tensor:
@@ -332,33 +384,46 @@ class FullGaussian(ExponentialFamily):
 
     def sample(self, num_samples=None, generator=None):
         """:math:`\\theta = m + L^{-\\top}\\epsilon` with :math:`S = L L^\\top` and :math:`\\epsilon\\sim\\mathcal{N}(0, I)`."""
-        d = self.mean.numel()
+        mean = self.mean
         n = 1 if num_samples is None else int(num_samples)
-        eps = torch.randn((n, d), generator=generator, dtype=self.dtype, device=self.device)
+        eps = torch.randn((n, *mean.shape), generator=generator, dtype=self.dtype, device=self.device)
         chol = torch.linalg.cholesky(self.precision)
-        offsets = torch.linalg.solve_triangular(chol.T, eps.T, upper=True).T
-        samples = self.mean + offsets
+        if mean.ndim == 1:
+            offsets = torch.linalg.solve_triangular(chol.T, eps.T, upper=True).T
+        else:
+            offsets = torch.linalg.solve_triangular(chol.mT, eps.unsqueeze(-1), upper=True).squeeze(-1)
+        samples = mean + offsets
         return samples[0] if num_samples is None else samples
 
     def entropy(self):
-        d = self.mean.numel()
+        d = self._natural.precision_mean.shape[-1]
         return 0.5 * (d * (1.0 + _LOG_2PI) - torch.linalg.slogdet(self.precision)[1])
 
     def kl_divergence(self, other):
-        """:math:`\\tfrac12[\\mathrm{tr}(S' S^{-1}) + (m'-m)^\\top S'(m'-m) - d + \\log\\det S - \\log\\det S']`."""
+        """:math:`\\tfrac12[\\mathrm{tr}(S' S^{-1}) + (m'-m)^\\top S'(m'-m) - d + \\log\\det S - \\log\\det S']`, per member."""
         self._check_compatible("other", other)
         s, so = self.precision, other.precision
         diff = other.mean - self.mean
-        d = diff.numel()
-        trace = torch.trace(torch.linalg.solve(s, so))
-        return 0.5 * (trace + diff @ so @ diff - d + torch.linalg.slogdet(s)[1] - torch.linalg.slogdet(so)[1])
+        d = diff.shape[-1]
+        trace = torch.diagonal(torch.linalg.solve(s, so), dim1=-2, dim2=-1).sum(-1)
+        if diff.ndim == 1:
+            quad = diff @ so @ diff
+        else:
+            quad = (diff * (so @ diff.unsqueeze(-1)).squeeze(-1)).sum(-1)
+        return 0.5 * (trace + quad - d + torch.linalg.slogdet(s)[1] - torch.linalg.slogdet(so)[1])
 
     def gradient_wrt_expectation(self, expected_gradient, expected_hessian):
-        """Bonnet and Price: :math:`(\\mathbb{E}[\\nabla\\ell] - \\mathbb{E}[\\nabla^2\\ell]\\, m,\\; \\tfrac12\\mathbb{E}[\\nabla^2\\ell])`."""
+        """Bonnet and Price: :math:`(\\mathbb{E}[\\nabla\\ell] - \\mathbb{E}[\\nabla^2\\ell]\\, m,\\; \\tfrac12\\mathbb{E}[\\nabla^2\\ell])`, per member."""
         g = as_float_tensor("expected_gradient", expected_gradient)
         h = as_float_tensor("expected_hessian", expected_hessian)
         check_same_shape("expected_gradient", g, "mean", self.mean)
-        d = g.numel()
-        if h.shape != (d, d):
-            raise ValueError(f"expected_hessian must have shape {(d, d)}; got {tuple(h.shape)}")
-        return self.ExpectationParams(g - h @ self.mean, 0.5 * h)
+        want = (*g.shape, g.shape[-1])
+        if h.shape != want:
+            raise ValueError(f"expected_hessian must have shape {want}; got {tuple(h.shape)}")
+        if g.ndim == 1:
+            return self.ExpectationParams(g - h @ self.mean, 0.5 * h)
+        return self.ExpectationParams(g - (h @ self.mean.unsqueeze(-1)).squeeze(-1), 0.5 * h)
+
+    def precision_times(self, centred: torch.Tensor) -> torch.Tensor:
+        """:math:`S(\\theta - m)` for rows of centred draws (what Stein's Hessian estimate needs)."""
+        return centred @ self.precision  # S symmetric: rows are (S (θ - m))ᵀ
