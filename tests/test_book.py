@@ -22,8 +22,9 @@ CONFIG = ROOT / "_config.yml"
 BIB = ROOT / "references.bib"
 
 # Chapters on algorithms follow the chapter contract: these words, in this order,
-# in level-2 headings.
-CHAPTER_DIRS = ("optimization", "deep_learning")
+# in level-2 headings. Their folders are read from _toc.yml (see algorithm_chapter_dirs):
+# every numbered part except these concept parts, so a new part cannot escape the contract.
+CONCEPT_PARTS = ("Foundations",)
 CHAPTER_SECTIONS = ("The algorithm", "Ingredients", "Derivation", "Verification", "Experiment", "Exercises")
 
 
@@ -169,6 +170,41 @@ def test_notebook_stored_without_outputs(nb_path):
 
 
 # ---------------------------------------------------------------- (c) chapter contract
+def algorithm_chapter_dirs(toc: dict) -> tuple[str, ...]:
+    """The book/ folders of the chapters in every numbered part of the toc except CONCEPT_PARTS
+    (unnumbered parts are front and back matter)."""
+    dirs: list[str] = []
+    for part in toc.get("parts", []) or []:
+        if not part.get("numbered") or part.get("caption") in CONCEPT_PARTS:
+            continue
+        for entry in toc_entries({"root": "", "chapters": part.get("chapters", [])})[1:]:
+            parts = Path(entry).parts
+            if len(parts) >= 3 and parts[0] == "book" and parts[1] not in dirs:
+                dirs.append(parts[1])
+    return tuple(dirs)
+
+
+def _load_toc() -> dict:
+    with TOC.open(encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+CHAPTER_DIRS = algorithm_chapter_dirs(_load_toc())
+
+
+def test_algorithm_chapter_dirs_come_from_the_toc():
+    assert {"optimization", "deep_learning"} <= set(CHAPTER_DIRS)
+    toy = {
+        "parts": [
+            {"caption": "Foundations", "numbered": True, "chapters": [{"file": "book/foundations/a"}]},
+            {"caption": "Bayesian inference", "numbered": True, "chapters": [{"file": "book/inference/k"}]},
+            {"caption": "New part", "numbered": True, "chapters": [{"file": "book/new/x", "sections": [{"file": "book/new2/y"}]}]},
+            {"caption": "Back matter", "chapters": [{"file": "book/references"}]},
+        ]
+    }
+    assert algorithm_chapter_dirs(toy) == ("inference", "new", "new2")
+
+
 def chapter_notebooks() -> list[Path]:
     return [p for p in book_notebooks() if p.relative_to(BOOK).parts[0] in CHAPTER_DIRS]
 
