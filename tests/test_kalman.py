@@ -163,3 +163,19 @@ def test_bad_input_and_no_mutation():
         quadrature.gauss_hermite_nodes(prior, 0)
     with pytest.raises(ValueError, match="Invalid shapes"):
         classical.kalman_filter(model.transition[:2], *model[1:], zs)
+
+
+@pytest.mark.parametrize("improved", [False, True])
+def test_variational_update_with_start_and_improved_step_reaches_the_exact_posterior(improved):
+    gen = torch.Generator().manual_seed(8)
+    prior = FullGaussian.from_mean_covariance(torch.randn(2, generator=gen, dtype=DT), _spd(2, gen))
+    start = FullGaussian.from_mean_covariance(torch.randn(2, generator=gen, dtype=DT), _spd(2, gen, 4.0))
+    H, R, z = torch.randn(2, 2, generator=gen, dtype=DT), _spd(2, gen), torch.randn(2, generator=gen, dtype=DT)
+    exact = kalman.update(prior, z, H, R)
+    q = kalman.nonlinear_update(prior, z, lambda x: H @ x, R, method="gauss_hermite", num_points=2,
+                                num_steps=60, rho=0.5, improved=improved, start=start)
+    torch.testing.assert_close(q.mean, exact.mean, **TOL)
+    torch.testing.assert_close(q.precision, exact.precision, **TOL)
+    one = kalman.nonlinear_update(prior, z, lambda x: H @ x, R, method="gauss_hermite", num_points=2,
+                                  rho=0.5, improved=improved, start=start)
+    assert (one.mean - exact.mean).abs().max() > 1e-3  # one damped step is not there yet

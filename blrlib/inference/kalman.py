@@ -39,7 +39,7 @@ from torch.func import jacrev
 
 from .._validation import as_float_tensor, check_symmetric_positive_definite
 from ..families import FullGaussian
-from ..rule import blr_step
+from ..rule import blr_step, improved_blr_step
 from .quadrature import gauss_hermite
 
 __all__ = [
@@ -219,8 +219,11 @@ def nonlinear_update(
     num_steps: int = 1,
     rho: float = 1.0,
     num_points: int = 7,
+    improved: bool = False,
+    start: FullGaussian | None = None,
 ) -> FullGaussian:
-    r"""The update for :math:`z = h(x) + v` by the rule, started at the prior, ``num_steps`` steps of size ``rho``.
+    r"""The update for :math:`z = h(x) + v` by the rule: ``num_steps`` steps of size ``rho`` from ``start``
+    (the prior when ``None``).
 
     :math:`\bar\ell(x) = \tfrac12(z - h(x))^\top R^{-1}(z - h(x)) - \log p(x)`.
 
@@ -231,6 +234,10 @@ def nonlinear_update(
     * ``method="gauss_hermite"``: both expectations by tensor-product Gauss–Hermite quadrature with
       ``num_points`` nodes per dimension (exact Hessians at the nodes). Its fixed point is the Gaussian
       minimising :math:`\mathbb{E}_q[\bar\ell] - \mathcal{H}(q)`: a variational filter.
+
+    ``improved=True`` takes :func:`blrlib.rule.improved_blr_step` (Lin, Schmidt & Khan, 2020) instead of
+    :func:`blrlib.rule.blr_step`: same fixed points, but the precision stays positive definite when the expected
+    Hessian of a strongly non-linear :math:`h` is indefinite somewhere along the way.
     """
     if not isinstance(prior, FullGaussian):
         raise ValueError(f"Invalid prior: {type(prior).__name__} (must be a FullGaussian)")
@@ -253,7 +260,9 @@ def nonlinear_update(
 
     from torch.func import grad as func_grad
 
-    q = prior
+    q = prior if start is None else start
+    if not isinstance(q, FullGaussian) or q.mean.shape != prior.mean.shape:
+        raise ValueError(f"Invalid start: {q!r} (must be a FullGaussian of the prior's dimension)")
     for _ in range(int(num_steps)):
         if method == "delta":
             m = q.mean
@@ -265,5 +274,6 @@ def nonlinear_update(
             hess = 0.5 * (hess + hess.T)
         else:
             gradient, hess = gauss_hermite(loss, q, num_points)
-        q = blr_step(q, q.gradient_wrt_expectation(gradient, hess), rho)
+        step = improved_blr_step if improved else blr_step
+        q = step(q, q.gradient_wrt_expectation(gradient, hess), rho)
     return q
