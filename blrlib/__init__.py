@@ -3,7 +3,9 @@
 Candidate families (:mod:`blrlib.families`), the generic step (:mod:`blrlib.rule`), estimators of the
 expectations it needs (:mod:`blrlib.estimators`), classical reference algorithms
 (:mod:`blrlib.classical`), symbolic derivations (:mod:`blrlib.symbolic`), one device helper
-(:mod:`blrlib.device`) and optimizers for PyTorch (:mod:`blrlib.optim`).
+(:mod:`blrlib.device`), optimizers for PyTorch (:mod:`blrlib.optim`) and network plumbing
+(:mod:`blrlib.nn`: a flat parameter vector for ``torch.func.functional_call`` and a training loop
+that records iterates).
 """
 
 from . import classical, estimators, families, rule
@@ -16,7 +18,7 @@ from .rule import blr_step, improved_blr_step, mean_field_sweep, run_blr
 __version__ = "0.1.0"
 
 # Heavier submodules (SymPy, the optimizers) load on first use: ``blrlib.symbolic``, ``blrlib.optim``.
-_LAZY_SUBMODULES = ("symbolic", "optim", "metrics", "curvature", "dropout")
+_LAZY_SUBMODULES = ("symbolic", "optim", "metrics", "curvature", "dropout", "nn")
 
 
 def __getattr__(name):
