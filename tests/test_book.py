@@ -391,7 +391,6 @@ GLUE_CHECK_PENDING = frozenset({
     "book/deep_learning/uncertainty.ipynb",
     "book/foundations/cost_of_curvature.ipynb",
     "book/foundations/learning_as_prediction.ipynb",
-    "book/foundations/natural_gradients.ipynb",
     "book/optimization/gradient_descent.ipynb",
 })
 DECIMAL = re.compile(r"(?<![\w.\-^_{])-?(\d*\.\d+)(?:[eE][+-]?\d+)?(?![\w.]*\d)")
@@ -510,7 +509,6 @@ LINE_LENGTH_PENDING = frozenset({
     "book/foundations/cost_of_curvature.ipynb",
     "book/foundations/exponential_families.ipynb",
     "book/foundations/learning_as_prediction.ipynb",
-    "book/foundations/natural_gradients.ipynb",
     "book/optimization/gradient_descent.ipynb",
     "book/optimization/newton.ipynb",
 })
