@@ -413,3 +413,38 @@ def test_improved_step_on_a_batch_equals_each_member():
         alone = blrlib.improved_blr_step(member, member.gradient_wrt_expectation(g[t], h[t]), 0.4)
         assert_close(new.precision[t], alone.precision, rtol=1e-12, atol=1e-12)
         assert_close(new.mean[t], alone.mean, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_entropy_gradient_is_minus_lambda(name):
+    """The rule's entropy term: F^{-1} grad_lambda H = grad_mu H = -lambda, with H(lambda) = A - <lambda, mu(lambda)>
+    differentiated by autograd (the value of H itself is checked against torch/scipy above)."""
+    q = make(name, 14, batch=(2,))
+    for member in range(2):
+        lam = [t[member].clone().requires_grad_(True) for t in q.natural_params]
+        one = type(q).from_natural([t[member] for t in q.natural_params])
+        mu = one._expectation_from_natural(one.NaturalParams(*lam))
+        entropy = one.log_partition(lam) - sum((a * m).sum() for a, m in zip(lam, mu))
+        assert_close(entropy, one.entropy(), rtol=1e-12, atol=1e-12)
+        grads = torch.autograd.grad(entropy, lam)
+        flat_grad = torch.cat([g.reshape(-1) for g in grads])
+        expected = torch.cat([e.reshape(-1) for e in one.entropy_gradient_expectation()])
+        assert_close(one.fisher() @ expected, flat_grad, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["beta", "gamma", "dirichlet"])
+def test_log_prob_and_entropy_match_scipy(name):
+    q = make(name, 15)
+    theta = q.sample(3, generator=torch.Generator().manual_seed(16))
+    for b in range(3):
+        if name == "beta":
+            ref = scipy.stats.beta(q.alpha[b].item(), q.beta[b].item())
+            lp = [ref.logpdf(theta[s, b].item()) for s in range(3)]
+        elif name == "gamma":
+            ref = scipy.stats.gamma(q.shape[b].item(), scale=1 / q.rate[b].item())
+            lp = [ref.logpdf(theta[s, b].item()) for s in range(3)]
+        else:
+            ref = scipy.stats.dirichlet(q.concentration[b].numpy())
+            lp = [ref.logpdf(theta[s, b].numpy()) for s in range(3)]
+        assert_close(q.log_prob(theta)[:, b], torch.tensor(lp, dtype=D), rtol=1e-9, atol=1e-9)
+        assert_close(q.entropy()[b], torch.tensor(float(ref.entropy()), dtype=D), rtol=1e-9, atol=1e-9)

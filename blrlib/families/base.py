@@ -41,6 +41,7 @@ import abc
 from typing import Any, NamedTuple, Sequence
 
 import torch
+from torch.func import jacrev, vmap
 
 from .._validation import check_same_shape
 
@@ -207,14 +208,12 @@ class ExponentialFamily(abc.ABC):
         sizes = [int(torch.Size(e).numel()) for e in event_shapes]
         flat = torch.cat([t.reshape(members, n) for t, n in zip(template, sizes)], dim=1)
 
-        def log_partition_of_rows(rows: torch.Tensor) -> torch.Tensor:
-            blocks = torch.split(rows, sizes, dim=1)
-            natural = self.NaturalParams(*(b.reshape(members, *e) for b, e in zip(blocks, event_shapes)))
-            return self.log_partition_fn(natural).sum()
+        def log_partition_of_member(row: torch.Tensor) -> torch.Tensor:
+            blocks = torch.split(row, sizes)
+            return self.log_partition_fn(self.NaturalParams(*(b.reshape(e) for b, e in zip(blocks, event_shapes))))
 
-        hess = torch.autograd.functional.hessian(log_partition_of_rows, flat)
-        index = torch.arange(members, device=flat.device)
-        per_member = hess[index, :, index, :]  # the diagonal blocks: members are independent
+        # members are independent: one P x P Hessian per member, vectorised over the batch
+        per_member = vmap(jacrev(jacrev(log_partition_of_member)))(flat)
         return per_member.reshape(*batch, flat.shape[1], flat.shape[1])
 
     def kl_divergence(self, other: "ExponentialFamily") -> torch.Tensor:
