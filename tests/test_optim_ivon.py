@@ -494,7 +494,7 @@ def test_gradscaler_matches_unscaled_run_and_skips_overflow():
     assert scaler.get_scale() < 2.0**10 and opt.skipped_steps == 1
     for a, b in zip(before, model.parameters()):
         assert torch.equal(a, b)
-    assert all(opt.state[p]["step"].item() == 0 for p in model.parameters())
+    assert all(int(opt.state[p].get("step", 0)) == 0 for p in model.parameters())  # skipped: no state created
 
 
 def test_gradscaler_unscale_then_clip():

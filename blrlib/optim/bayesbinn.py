@@ -115,10 +115,10 @@ from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from .. import _validation as _v
 from .._validation import Range, check_hyperparameters
+from ._base import RuleOptimizer
 from .kernels import bernoulli_step
 
 #: The hyperparameters' ranges, declared once (validator, docstrings and tests read them).
@@ -200,7 +200,7 @@ def binary_rule_step(
 
 
 # ---------------------------------------------------------------- the optimizers
-class _BinaryRule(Optimizer):
+class _BinaryRule(RuleOptimizer):
     """Shared machinery of :class:`STE` and :class:`BayesBiNN` (see the module docstring)."""
 
     # torch.amp.GradScaler: scaler.step(opt) calls step() directly and sets ``grad_scale`` / ``found_inf``
@@ -224,31 +224,24 @@ class _BinaryRule(Optimizer):
         super().__init__(params, defaults)
 
     # -------------------------------------------------------------- arguments
-    def _validate_group(self, g: dict) -> None:
-        check_hyperparameters(g, BINARY_RANGES)
+    RANGES = BINARY_RANGES
+    OPTIONAL_STATE_KEYS = ("momentum_buffer",)
 
-    def add_param_group(self, param_group: dict) -> None:
-        for k, v in self.defaults.items():
-            param_group.setdefault(k, v)
-        self._validate_group(param_group)
-        params = param_group["params"]
-        for p in [params] if isinstance(params, Tensor) else list(params):
-            if isinstance(p, Tensor) and not p.is_floating_point():
-                raise ValueError(f"Invalid params: a tensor of dtype {p.dtype} (binary weights need a floating dtype)")
-        if not isinstance(params, Tensor):
-            param_group["params"] = list(params)
-        super().add_param_group(param_group)
+    def _transient_attributes(self) -> tuple:
+        return ("_work", "_acc")
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self.__dict__.setdefault("_work", {})
-        self.__dict__.setdefault("_acc", {})
-        self.__dict__.setdefault("_num_samples", 0)
-        self.__dict__.setdefault("_sampling", False)
-        self.__dict__.setdefault("generator", None)
-        self.__dict__.setdefault("skip_nonfinite", False)
-        self.__dict__.setdefault("skipped_steps", 0)
-        self.__dict__.setdefault("_poisoned", False)
+    def _reset_transient(self) -> None:
+        self._work = {}
+        self._acc = {}
+        self._num_samples = 0
+        self._sampling = False
+        self._poisoned = False
+
+    def rule_parameters(self) -> list:
+        r"""Per group, the rule's :math:`\rho` (``lr``), :math:`N` (``ess``) and the prior's natural
+        parameter :math:`\lambda_0` (``prior_lambda``)."""
+        return [dict(rho=float(g["lr"]), ess=float(g["ess"]), prior_lambda=float(g["prior_lambda"]))
+                for g in self.param_groups]
 
     # -------------------------------------------------------------- hooks for the subclasses
     def _train_weights_(self, p: Tensor, lam: Tensor, group: dict) -> None:
@@ -463,29 +456,6 @@ class _BinaryRule(Optimizer):
                     p.copy_(lam)
             self._sampling = False
 
-    # -------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict:
-        """torch's state dict plus ``"generator_state"`` (the noise generator's state, when one was given)."""
-        sd = super().state_dict()
-        if self.generator is not None:
-            sd["generator_state"] = self.generator.get_state()
-        return sd
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Load a checkpoint (and the generator's state, when both have one); pending samples are discarded."""
-        state_dict = dict(state_dict)
-        gen_state = state_dict.pop("generator_state", None)
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state.get(p)
-                if st and "step" in st:
-                    st["step"] = st["step"].detach().to(dtype=torch.float32, device="cpu").clone()
-        if gen_state is not None and self.generator is not None:
-            self.generator.set_state(gen_state)
-        self._work.clear()
-        self._discard_samples()
-
 
 class STE(_BinaryRule):
     r"""The straight-through estimator as the Bayesian learning rule with the delta method.
@@ -542,9 +512,7 @@ class STE(_BinaryRule):
         )
         super().__init__(params, defaults, generator, skip_nonfinite)
 
-    def _validate_group(self, g: dict) -> None:
-        super()._validate_group(g)
-        _v.check_choice("forward", g["forward"], STE.forward_modes)
+    RANGES = dict(BINARY_RANGES, forward=Range(kind="choice", choices=("mean", "sign")))
 
     def _train_weights_(self, p: Tensor, lam: Tensor, group: dict) -> None:
         if group["forward"] == "mean":
@@ -621,9 +589,7 @@ class BayesBiNN(_BinaryRule):
         )
         super().__init__(params, defaults, generator, skip_nonfinite)
 
-    def _validate_group(self, g: dict) -> None:
-        super()._validate_group(g)
-        _v.check_real("temperature", g["temperature"], low=0.0, low_open=True)
+    RANGES = dict(BINARY_RANGES, temperature=Range(low=0.0, low_open=True))
 
     def _train_weights_(self, p: Tensor, lam: Tensor, group: dict) -> None:
         u = self._uniform(p, self.generator)

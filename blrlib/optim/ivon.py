@@ -15,18 +15,34 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .. import _validation as _v
+from ._base import LOW_PRECISION, RuleOptimizer, state_dtype
+from .functional import IVON_RANGES
 from .kernels import DiagGaussianConfig, DiagGaussianState, diag_gaussian_step_compiled, diag_gaussian_step_foreach_
 
 __all__ = ["IVON", "flat_group_noise"]
 
 NoiseFn = Callable[[list, dict], None]
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_LOW_PRECISION = LOW_PRECISION
+_state_dtype = state_dtype
 
 
-def _state_dtype(p: Tensor) -> torch.dtype:
-    """Dtype of the optimizer statistics of ``p``: float32 for 16-bit parameters."""
-    return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+class FlatGroupNoise:
+    """The noise hook of :func:`flat_group_noise` (a class, so that optimizers using it can be pickled)."""
+
+    def __init__(self, generator: Optional[torch.Generator] = None):
+        self.generator = generator
+
+    def __call__(self, noises: list, group: dict) -> None:
+        if not noises:
+            return
+        total = sum(n.numel() for n in noises)
+        flat = torch.randn(total, generator=self.generator, device=noises[0].device, dtype=noises[0].dtype)
+        offset = 0
+        for n in noises:
+            k = n.numel()
+            n.copy_(flat[offset : offset + k].view_as(n))
+            offset += k
 
 
 def flat_group_noise(generator: Optional[torch.Generator] = None) -> NoiseFn:
@@ -38,24 +54,10 @@ def flat_group_noise(generator: Optional[torch.Generator] = None) -> NoiseFn:
     it reproduces the draw layout of the ``ivon-opt`` package (when every parameter of
     the group is sampled), which is how the tests compare the two trajectories.
     """
-
-    def fn(noises: list, group: dict) -> None:
-        if not noises:
-            return
-        total = sum(n.numel() for n in noises)
-        flat = torch.randn(
-            total, generator=generator, device=noises[0].device, dtype=noises[0].dtype
-        )
-        offset = 0
-        for n in noises:
-            k = n.numel()
-            n.copy_(flat[offset : offset + k].view_as(n))
-            offset += k
-
-    return fn
+    return FlatGroupNoise(generator)
 
 
-class IVON(Optimizer):
+class IVON(RuleOptimizer):
     r"""Improved Variational Online Newton (IVON), a drop-in replacement for ``ivon.IVON``.
 
     IVON learns a diagonal Gaussian posterior :math:`q(\theta) = \mathcal N(m, \mathrm{diag}(\sigma^2))`
@@ -242,32 +244,27 @@ class IVON(Optimizer):
         self._sampling = False
         super().__init__(params, defaults)
 
-    # ------------------------------------------------------------------ arguments
-    @staticmethod
-    def _validate_group(g: dict) -> None:
-        _v.check_real("lr", g["lr"], low=0.0)
-        _v.check_real("ess", g["ess"], low=0.0, low_open=True)
-        _v.check_real("hess_init", g["hess_init"], low=0.0, low_open=True)
-        _v.check_real("beta1", g["beta1"], low=0.0, high=1.0, high_open=True)
-        _v.check_real("beta2", g["beta2"], low=0.0, high=1.0)
-        _v.check_real("weight_decay", g["weight_decay"], low=0.0)
-        _v.check_int("mc_samples", g["mc_samples"], low=1)
-        _v.check_choice("hess_approx", g["hess_approx"], IVON.hessian_approx_methods)
-        _v.check_real("clip_radius", g["clip_radius"], low=0.0, low_open=True, allow_inf=True)
+    # ------------------------------------------------------------------ arguments, copies
+    RANGES = IVON_RANGES
+    STATE_KEYS = ("momentum", "hess")
+    ENGINEERING_DEFAULTS = dict(RuleOptimizer.ENGINEERING_DEFAULTS, noise_fn=None, sync=False, fused=False,
+                                process_group=None)
 
-    def add_param_group(self, param_group: dict) -> None:
-        for k, v in self.defaults.items():
-            param_group.setdefault(k, v)
-        self._validate_group(param_group)
-        super().add_param_group(param_group)
+    def _transient_attributes(self) -> tuple:
+        return ("_work", "_acc")
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self.__dict__.setdefault("_work", {})
-        self.__dict__.setdefault("_acc", {})
-        self.__dict__.setdefault("_pending", False)
-        self.__dict__.setdefault("_folded", 0)
-        self.__dict__.setdefault("_sampling", False)
+    def _reset_transient(self) -> None:
+        self._work = {}
+        self._acc = {}
+        self._pending = False
+        self._folded = 0
+        self._sampling = False
+
+    def rule_parameters(self) -> list:
+        r"""Per group, the rule's :math:`\rho = 1-\beta_2`, :math:`N` (``ess``) and the prior precision of
+        the whole data set, :math:`N\delta` (IVON's ``weight_decay`` :math:`\delta` is per example)."""
+        return [dict(rho=1.0 - float(g["beta2"]), ess=float(g["ess"]),
+                     prior_precision=float(g["ess"]) * float(g["weight_decay"])) for g in self.param_groups]
 
     # ------------------------------------------------------------------ state
     def _init_state(self, p: Tensor, group: dict) -> dict:
@@ -286,7 +283,7 @@ class IVON(Optimizer):
         changes in ``step()``, so sampling costs no extra pass. ``ess`` enters as a scalar.
         """
         w = self._work.get(p)
-        st = self._init_state(p, group)
+        st = self.state.get(p)  # no state before the parameter's first gradient (as torch)
         if w is None:
             dt = _state_dtype(p)
             w = {
@@ -298,7 +295,10 @@ class IVON(Optimizer):
             self._work[p] = w
         key = float(group["weight_decay"])
         if w["key"] != key:  # recomputed if delta changed since the last step
-            torch.add(st["hess"], key, out=w["rsd"]).rsqrt_()
+            if st and "hess" in st:
+                torch.add(st["hess"], key, out=w["rsd"]).rsqrt_()
+            else:
+                w["rsd"].fill_((float(group["hess_init"]) + key) ** -0.5)
             w["key"] = key
         return w
 
@@ -387,7 +387,7 @@ class IVON(Optimizer):
                     continue
                 g = p.grad
                 if g.is_sparse:
-                    raise RuntimeError("IVON does not support sparse gradients")
+                    raise ValueError("Invalid gradient: sparse (IVON needs dense gradients)")
                 acc = self._acc.get(p)
                 if acc is None:
                     dt = _state_dtype(p)
@@ -459,17 +459,26 @@ class IVON(Optimizer):
             from .distributed import all_reduce_mean_
 
             all_reduce_mean_([t for _, pl in plans for t in pl["grads"] + pl["hstats"]], self.process_group)
+        scale = inv_scale / n_samples
+        try:
+            for group, plan in plans:
+                self._check_representable(group, plan["params"][0])
+        except ValueError:
+            self._reset_samples()
+            raise
         bad = self._nonfinite([t for _, pl in plans for t in pl["hstats"] + pl["grads_check"]])
+        what = "non-finite (NaN or inf) gradient"
+        if not bad and self._would_overflow(plans, scale, inv_scale, n_samples):
+            bad, what = True, "gradient statistics so large that h or m would overflow their dtype"
         if bad:
             self._reset_samples()
             if self.skip_nonfinite or under_scaler:
                 self.skipped_steps += 1
                 return loss
             raise ValueError(
-                "IVON.step(): non-finite (NaN or inf) gradient; the step was not taken and m, h "
+                f"IVON.step(): {what}; the step was not taken and m, h "
                 "are unchanged (pass skip_nonfinite=True to skip such steps instead)"
             )
-        scale = inv_scale / n_samples
         # Phase 2: update. The Price statistic eps*g was formed from scaled gradients (one factor of the
         # loss scale S); the squared gradient from two (S^2).
         for group, plan in plans:
@@ -486,12 +495,14 @@ class IVON(Optimizer):
             g = p.grad if self._pending else None
             if g is not None:
                 if g.is_sparse:
-                    raise RuntimeError("IVON does not support sparse gradients")
+                    raise ValueError("Invalid gradient: sparse (IVON needs dense gradients)")
                 if g.dtype != _state_dtype(p):
                     g = g.to(_state_dtype(p))
             acc = self._acc.get(p)
-            if g is None and (acc is None or self._folded == 0):
-                continue  # no gradient for this parameter in any sample: skip it
+            if g is None and (acc is None or self._folded == 0) and not self.sync:
+                continue  # no gradient for this parameter in any sample: skip it (no state, as torch)
+            if p not in self._work:  # sync: every rank reduces every parameter, in the same order
+                self._work_for(p, group)
             w = self._work[p]
             if use_acc:
                 if acc is None:
@@ -555,6 +566,60 @@ class IVON(Optimizer):
             by_dev.setdefault(s.device, []).append(s.float() if s.dtype != torch.float64 else s)
         return any(not bool(torch.isfinite(torch.stack(v).sum())) for v in by_dev.values())
 
+    def _check_representable(self, group: dict, p: Tensor) -> None:
+        """The scalars a step multiplies by must be finite in the statistics' dtype (else the step would
+        fail half way or silently produce inf): checked before anything changes."""
+        fmax = torch.finfo(_state_dtype(p)).max
+        ess, wd, b2 = float(group["ess"]), float(group["weight_decay"]), float(group["beta2"])
+        alpha = group["lr"] * (group["hess_init"] + wd) if group["rescale_lr"] else group["lr"]
+        for name, value in (("ess", ess), ("ess", (1.0 - b2) * math.sqrt(ess)),
+                            ("ess", 0.5 * (1.0 - b2) ** 2 * ess), ("lr", alpha), ("weight_decay", wd),
+                            ("hess_init", float(group["hess_init"]))):
+            if not value < fmax:
+                raise ValueError(
+                    f"Invalid {name}: {group[name]} (must keep the step's scalars finite in "
+                    f"{_state_dtype(p)}, whose largest value is {fmax:.3g}); the step was not taken"
+                )
+
+    def _would_overflow(self, plans: list, scale: float, inv_scale: float, n_samples: int) -> bool:
+        """A cheap bound (maxima of |g|, |stat|, h in double precision) on the new h and the mean's
+        move: True if they could exceed the dtype's range (the non-finite policy then applies)."""
+        for group, plan in plans:
+            if not plan["params"]:
+                continue
+            dt = _state_dtype(plan["params"][0])
+            fmax = torch.finfo(dt).max / 4
+            ess, wd = float(group["ess"]), float(group["weight_decay"])
+            b1, b2 = float(group["beta1"]), float(group["beta2"])
+            hs = [self.state[p]["hess"] if p in self.state and "hess" in self.state[p] else None
+                  for p in plan["params"]]
+            hmax, hmin = float(group["hess_init"]), float(group["hess_init"])
+            live = [h for h in hs if h is not None]
+            if live:
+                ext = torch.stack([torch.stack(torch.aminmax(h)).double().cpu() for h in live])
+                hmin, hmax = min(hmin, float(ext[:, 0].min())) if len(live) < len(hs) else float(ext[:, 0].min()), \
+                    max(hmax, float(ext[:, 1].max())) if len(live) < len(hs) else float(ext[:, 1].max())
+            gmax = max(float(x) for x in torch._foreach_norm(plan["grads"], float("inf"))) * scale
+            if plan["hstats"]:
+                smax = max(float(x) for x in torch._foreach_norm(plan["hstats"], float("inf")))
+            else:  # compiled path: eps * g is formed in the kernel; |eps| < 8 in practice
+                smax = 8.0 * gmax / scale
+            den = hmin + wd
+            if not den > 0:
+                return True
+            if group["hess_approx"] == "price":
+                smax *= scale
+                w = smax + hmax / math.sqrt(den * ess)
+                dh = (1 - b2) * math.sqrt(ess) * w * math.sqrt(hmax + wd) + 0.5 * (1 - b2) ** 2 * ess * w * w
+            else:
+                e = ess * smax * inv_scale * inv_scale / n_samples + hmax
+                dh = (1 - b2) * e + 0.5 * (1 - b2) ** 2 * e * e / den
+            alpha = group["lr"] * (group["hess_init"] + wd) if group["rescale_lr"] else group["lr"]
+            dm = alpha * gmax / ((1 - b1) if b1 > 0 and group["debias"] else 1.0) / (0.5 * den)
+            if not (hmax + dh < fmax and dm < fmax and math.isfinite(gmax)):
+                return True
+        return False
+
     @staticmethod
     def _config(group: dict, grad_scale: float) -> DiagGaussianConfig:
         """IVON as a setting of the diagonal-Gaussian kernel: h holds the data part (o = delta), Price or
@@ -571,7 +636,7 @@ class IVON(Optimizer):
 
     def _update_group(self, group: dict, plan: dict, scale: float, stat_scale: float) -> None:
         params, grads, hstats, works = plan["params"], plan["grads"], plan["hstats"], plan["works"]
-        states = [self.state[p] for p in params]
+        states = [self._init_state(p, group) for p in params]
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1.0)
         cfg = self._config(group, scale)
@@ -698,28 +763,3 @@ class IVON(Optimizer):
         return h
 
     # ------------------------------------------------------------------ checkpoints
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Load a checkpoint; statistics keep their own dtype (float32 for 16-bit params)."""
-        saved = state_dict["state"]
-        saved_groups = state_dict["param_groups"]
-        id_map = {}
-        for g_saved, g in zip(saved_groups, self.param_groups):
-            for pid, p in zip(g_saved["params"], g["params"]):
-                id_map[pid] = p
-        originals = {
-            pid: {k: v for k, v in s.items() if isinstance(v, Tensor)} for pid, s in saved.items()
-        }
-        super().load_state_dict(state_dict)
-        for pid, vals in originals.items():
-            p = id_map.get(pid)
-            if p is None or p not in self.state:
-                continue
-            for k, v in vals.items():
-                if k == "step":
-                    self.state[p][k] = v.detach().to(dtype=torch.float32, device="cpu").clone()
-                else:
-                    self.state[p][k] = v.detach().to(device=p.device, dtype=_state_dtype(p)).clone()
-        self._work.clear()
-        self._acc.clear()
-        self._pending = False
-        self._folded = 0

@@ -425,6 +425,11 @@ class RuleRMSprop(torch.optim.Optimizer):
         """
         return [self._precision(p, g).rsqrt() for g in self.param_groups for p in g["params"]]
 
+    def rule_parameters(self) -> list[dict]:
+        r"""Per group, the rule's :math:`\rho` (``lr``), :math:`N` (``ess``) and :math:`\delta`."""
+        return [dict(rho=float(g["lr"]), ess=float(g["ess"]), prior_precision=float(g["prior_precision"]))
+                for g in self.param_groups]
+
     @torch.no_grad()
     def posterior_precision(self) -> list[Tensor]:
         """The precision :math:`s` per parameter (copies), aligned as in :meth:`posterior_std`."""

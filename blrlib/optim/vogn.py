@@ -72,11 +72,11 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from .. import _validation as _v
 from .._validation import Range, check_hyperparameters
 from ..curvature import per_example_grads_from_losses
+from ._base import RuleOptimizer, state_dtype
 from .kernels import DiagGaussianConfig, diag_gaussian_step_foreach_
 
 __all__ = ["OGN", "VOGN", "ogn_update_", "OGN_RANGES"]
@@ -103,11 +103,7 @@ def _ogn_config(group: dict) -> DiagGaussianConfig:
         beta1=float(group["beta1"]), momentum_on="total", debias=bool(group["debias"]),
     )
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _state_dtype(p: Tensor) -> torch.dtype:
-    return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+_state_dtype = state_dtype
 
 
 def ogn_update_(
@@ -149,7 +145,7 @@ def ogn_update_(
         param.copy_(m)
 
 
-class OGN(Optimizer):
+class OGN(RuleOptimizer):
     r"""Online Gauss-Newton (OGN): the Bayesian learning rule with a diagonal Gaussian, the delta method
     and the Gauss-Newton Hessian; gradients are taken at the mean :math:`m` (the model's weights).
 
@@ -171,9 +167,10 @@ class OGN(Optimizer):
         prior_precision: :math:`\delta \ge 0` (default: 1).
         init_precision: :math:`s_0 > 0` (default: ``prior_precision``).
         debias: divide the momentum by :math:`1-\beta_1^t` (default: True).
-        generator: ``torch.Generator`` for :meth:`sampled_params` (and VOGN's sampling); it is not
-            part of ``state_dict()``: save ``generator.get_state()`` yourself to resume a sampled
-            run bit for bit.
+        generator: ``torch.Generator`` for :meth:`sampled_params` (and VOGN's sampling); its state is
+            part of ``state_dict()``, so a sampled run resumes bit for bit.
+        skip_nonfinite: if True, a step whose per-example gradients (or their squares) are not finite
+            is skipped (``skipped_steps`` counts them) instead of raising (default: False).
 
     State per parameter: ``step`` (a tensor), ``precision`` :math:`s`, and ``momentum``
     :math:`\bar g` when :math:`\beta_1 > 0`; 16-bit parameters keep float32 state. A NaN or infinite
@@ -213,6 +210,7 @@ class OGN(Optimizer):
         debias: bool = True,
         *,
         generator: torch.Generator | None = None,
+        skip_nonfinite: bool = False,
         _extra_defaults: dict | None = None,
     ):
         _v.require_ess(ess)
@@ -230,40 +228,22 @@ class OGN(Optimizer):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
         self.generator = generator
+        self.skip_nonfinite = self._check_flag("skip_nonfinite", skip_nonfinite)
+        self.skipped_steps = 0
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ arguments
     def _validate_group(self, g: dict) -> None:
-        check_hyperparameters(g, OGN_RANGES)
+        check_hyperparameters(g, self.RANGES)
         if g["init_precision"] is None and float(g["prior_precision"]) <= 0.0:
             raise ValueError(
                 "Invalid init_precision: None with prior_precision 0 (give init_precision > 0, "
                 "or a prior_precision > 0 to start from)"
             )
 
-    def add_param_group(self, param_group: dict) -> None:
-        for k, v in self.defaults.items():
-            param_group.setdefault(k, v)
-        self._validate_group(param_group)
-        super().add_param_group(param_group)
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self.__dict__.setdefault("generator", None)
-        for group in self.param_groups:
-            group.setdefault("debias", True)
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        # torch casts floating state to the parameter's dtype; 16-bit parameters keep float32 state.
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state.get(p)
-                if not st:
-                    continue
-                for key in ("precision", "momentum"):
-                    if key in st:
-                        st[key] = st[key].to(dtype=_state_dtype(p), device=p.device)
+    RANGES = OGN_RANGES
+    STATE_KEYS = ("precision",)
+    OPTIONAL_STATE_KEYS = ("momentum",)
 
     # ------------------------------------------------------------------ state
     def _trainable(self) -> list:
@@ -284,7 +264,16 @@ class OGN(Optimizer):
     @torch.no_grad()
     def posterior_precision(self) -> list:
         """:math:`s` for every parameter that requires a gradient (param-group order)."""
-        return [self._state_for(p, g)["precision"].clone() for g, p in self._trainable()]
+        return [self._precision(p, g).clone() for g, p in self._trainable()]
+
+    def _precision(self, p: Tensor, group: dict) -> Tensor:
+        """s of ``p``: its state, or s0 for a parameter that has had no gradient yet (no state allocated)."""
+        st = self.state.get(p)
+        if st and "precision" in st:
+            return st["precision"]
+        s0 = group["init_precision"]
+        s0 = float(group["prior_precision"]) if s0 is None else float(s0)
+        return torch.full_like(p, s0, dtype=_state_dtype(p))
 
     @torch.no_grad()
     def posterior_std(self) -> list:
@@ -319,10 +308,9 @@ class OGN(Optimizer):
         try:
             with torch.no_grad():
                 for group, p in self._trainable():
-                    st = self._state_for(p, group)
                     eps = self._standard_normal(p)
                     saved.append((p, p.detach().clone()))
-                    p.add_((eps * st["precision"].rsqrt()).to(p.dtype))
+                    p.add_((eps * self._precision(p, group).rsqrt()).to(p.dtype))
             yield
         finally:
             with torch.no_grad():
@@ -338,6 +326,11 @@ class OGN(Optimizer):
                 continue
             if not isinstance(g, Tensor):
                 raise ValueError(f"per_example_grads[{k}] must be a tensor or None; got {type(g).__name__}")
+            if g.is_sparse or g.is_complex():
+                raise ValueError(
+                    f"Invalid per_example_grads[{k}]: a {'sparse' if g.is_sparse else 'complex'} tensor "
+                    "(OGN/VOGN need dense real per-example gradients)"
+                )
             if tuple(g.shape[1:]) != tuple(p.shape) or g.ndim != p.ndim + 1:
                 raise ValueError(
                     f"per_example_grads[{k}] has shape {tuple(g.shape)}; expected (M, *{tuple(p.shape)})"
@@ -402,6 +395,9 @@ class OGN(Optimizer):
         # Check everything before changing anything.
         for k, acc in enumerate(sums):
             if acc is not None and not (bool(torch.isfinite(acc[0]).all()) and bool(torch.isfinite(acc[1]).all())):
+                if self.skip_nonfinite:
+                    self.skipped_steps += 1
+                    return loss
                 raise ValueError(
                     f"the per-example gradients of parameter {k} (shape {tuple(params[k][1].shape)}) contain NaN "
                     "or infinite values (or overflow when squared); the step was not taken and m, s are unchanged"
@@ -480,6 +476,7 @@ class VOGN(OGN):
         mc_samples: int = 1,
         *,
         generator: torch.Generator | None = None,
+        skip_nonfinite: bool = False,
     ):
         super().__init__(
             params,
@@ -491,6 +488,7 @@ class VOGN(OGN):
             init_precision=init_precision,
             debias=debias,
             generator=generator,
+            skip_nonfinite=skip_nonfinite,
             _extra_defaults=dict(mc_samples=mc_samples),
         )
 
