@@ -325,7 +325,7 @@ def test_normal_wishart_conjugate_update_matches_bishop():
 
 # ---------------------------------------------------------------------------- bad input
 BAD = [
-    (lambda: Beta.from_concentrations([1.0, -1.0], [1.0, 1.0]), r"Invalid alpha: -1 \(smallest entry\) \(must be > 0\)"),
+    (lambda: Beta.from_concentrations([1.0, -1.0], [1.0, 1.0]), r"Invalid alpha: -1 \(at index \(1,\)\) \(must be > 0\)"),
     (lambda: Beta.from_concentrations([1.0], [1.0, 2.0]), r"Invalid beta shape"),
     (lambda: Gamma.from_shape_rate([1.0], [0.0]), r"Invalid rate: 0 \(must be > 0\)"),
     (lambda: Gamma.from_natural(([0.0], [1.0])), r"Invalid natural_params.neg_rate"),

@@ -147,12 +147,19 @@ def solve_wishart_dof(c: torch.Tensor, d: int) -> torch.Tensor:
 # ---------------------------------------------------------------------- argument checks
 def require(ok: torch.Tensor | bool, name: str, value: object, allowed: str) -> None:
     """Raise ``ValueError("Invalid <name>: <value> (must be <allowed>)")`` unless ``ok`` holds everywhere."""
-    if isinstance(ok, torch.Tensor):
-        ok = bool(ok.all())
+    mask = ok if isinstance(ok, torch.Tensor) else None
+    if mask is not None:
+        ok = bool(mask.all())
     if not ok:
         if isinstance(value, torch.Tensor):
             value = value.detach()
-            value = f"{value.min().item():.6g} (smallest entry)" if value.numel() > 1 else f"{value.item():.6g}"
+            if value.numel() == 1:
+                value = f"{value.item():.6g}"
+            elif mask is not None and mask.shape == value.shape:
+                first = (~mask).nonzero()[0]
+                value = f"{value[tuple(first)].item():.6g} (at index {tuple(int(i) for i in first)})"
+            else:
+                value = f"{value.min().item():.6g} (smallest entry)"
         raise ValueError(f"Invalid {name}: {value} (must be {allowed})")
 
 

@@ -62,7 +62,7 @@ class Categorical(ExponentialFamily):
         require(probs > 0, "probs", probs, "> 0")
         total = probs.sum(-1)
         tol = 1e-6 if probs.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-10
-        require((total - 1.0).abs() <= tol, "probs.sum(-1)", total if (total - 1).abs().max() > tol else total, "1")
+        require((total - 1.0).abs() <= tol, "probs.sum(-1)", total, "1")
         return cls.from_logits(torch.log(probs))
 
     @classmethod

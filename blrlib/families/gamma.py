@@ -68,7 +68,7 @@ class Gamma(ExponentialFamily):
         b = floating("natural_params.neg_rate", natural.neg_rate, like=a)
         require(a.shape == b.shape, "natural_params.neg_rate shape", tuple(b.shape), f"{tuple(a.shape)}")
         require(a > -1, "natural_params.shape_minus_one", a, "> -1 (shape > 0)")
-        require(b < 0, "natural_params.neg_rate", -b, "< 0 (rate > 0)")
+        require(b < 0, "natural_params.neg_rate", b, "< 0 (rate > 0)")
         return self.NaturalParams(a, b)
 
     @staticmethod
