@@ -1,7 +1,8 @@
 # The Bayesian Learning Rule: book and library.
 #
 #   make book   build the HTML book (every notebook executed, zero Sphinx warnings)
-#   make test   pytest on tests/, nbval on every notebook in book/, and the warning-free book build
+#   make test   pytest on tests/, nbval on every notebook in book/, the warning-free book build,
+#               then the browser test of the built site (headless Chromium; see test-site)
 #
 # Both create .venv and install everything the first time; later runs reuse it
 # (the stamp .venv/.installed is redone only when pyproject.toml changes).
@@ -32,13 +33,22 @@ THREAD_ENV = OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
 # Quiet the kernel's start-up warnings (Jupyter paths, debugpy on frozen modules).
 NB_ENV = JUPYTER_PLATFORM_DIRS=1 PYDEVD_DISABLE_FILE_VALIDATION=1
 
+# The browser test (tests/test_site.py) drives Debian's chromium through chromedriver:
+#   apt-get install chromium chromium-driver
+# Without them `make test` skips it and says so; with REQUIRE_BROWSER=1 (CI) that is an error.
+REQUIRE_BROWSER ?= 0
+# MathJax 3 for the offline build (the test build serves it from node_modules/).
+MATHJAX = node_modules/mathjax/es5/tex-mml-chtml.js
+BOOK_OK = _build/.book-ok
+
 NOTEBOOKS = $(shell find book -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' -not -path '*/_build/*' 2>/dev/null | sort)
 
-.PHONY: help venv book test test-unit test-nbval test-build strip clean clean-all lab
+.PHONY: help venv book book-offline _book mathjax test test-unit test-nbval test-build test-site strip clean clean-all lab
 
 help:
 	@echo "make book    build the HTML book into _build/html (zero warnings)"
-	@echo "make test    pytest tests/ + nbval on book/ + warning-free book build"
+	@echo "make test    pytest tests/ + nbval on book/ + warning-free book build + browser test"
+	@echo "make test-site  the browser test of an already built _build/html (headless Chromium)"
 	@echo "make venv    create $(VENV) and install blrlib[test] (done by book/test)"
 	@echo "make strip   strip outputs and execution counts from every notebook"
 	@echo "make lab     start JupyterLab in the environment (if installed)"
@@ -57,22 +67,44 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # ---------------------------------------------------------------- the book
+# `make book` is the public build (MathJax from the CDN); `make book-offline` serves MathJax
+# from node_modules/ (npm), so the pages read without internet; the tests use that one.
 book: $(STAMP)
+	@$(MAKE) --no-print-directory _book OFFLINE_MATH=0
+
+book-offline: $(STAMP) $(MATHJAX)
+	@$(MAKE) --no-print-directory _book OFFLINE_MATH=1
+
+mathjax: $(MATHJAX)
+
+$(MATHJAX): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "FAILED: npm is needed for MathJax (apt-get install npm)"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+_book:
+	@rm -f $(BOOK_OK)
 	@$(BIN)/python -c "import matplotlib.pyplot" 2>/dev/null
 	@echo "== jupyter-book build (every notebook executed; warnings are errors)"
-	@$(NB_ENV) $(BIN)/jupyter-book build . -W -n --keep-going \
+	@BLR_BOOK_OFFLINE_MATH=$(OFFLINE_MATH) $(NB_ENV) $(BIN)/jupyter-book build . -W -n --keep-going \
 	  || { echo; echo "FAILED: the book build (see the warnings above;"; \
 	       echo "        tracebacks of failing notebooks are in _build/html/reports/)"; exit 1; }
+	@touch $(BOOK_OK)
 	@echo
 	@echo "The book is at: $(CURDIR)/_build/html/index.html"
 
 # ---------------------------------------------------------------- tests
 # The three parts run side by side (-j3; pytest on tests/ is short); -k lets every
 # part finish, so one run reports every failure. Output is grouped per part.
-test: $(STAMP)
+test: $(STAMP) $(MATHJAX)
 	@start=$$(date +%s); \
 	status=0; \
 	$(MAKE) --no-print-directory -k -j3 --output-sync=target test-unit test-nbval test-build || status=$$?; \
+	if [ -f $(BOOK_OK) ]; then \
+	  $(MAKE) --no-print-directory test-site || status=$$?; \
+	else \
+	  echo; echo "FAILED: the browser test did not run: the book did not build"; status=1; \
+	fi; \
 	echo; \
 	if [ $$status -ne 0 ]; then \
 	  echo "make test: FAILED after $$(( $$(date +%s) - start )) s (see the FAILED lines above)"; exit 1; \
@@ -91,8 +123,26 @@ test-nbval: $(STAMP)
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) book/ \
 	  || { echo "FAILED: nbval (a notebook cell raised; see above)"; exit 1; }
 
-test-build: $(STAMP)
-	@$(THREAD_ENV) $(MAKE) --no-print-directory book
+test-build: $(STAMP) $(MATHJAX)
+	@$(THREAD_ENV) $(MAKE) --no-print-directory book-offline
+
+# The browser test of the built site: serves _build/html on 127.0.0.1 and opens every page
+# in headless Chromium at 1,400 and 400 px (tests/test_site.py). Screenshots and a summary
+# go to _build/site-test/.
+test-site: $(STAMP)
+	@echo "== browser test of _build/html (headless Chromium)"
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "################################################################"; \
+	  echo "# SKIPPED: the browser test of the site (no chromium/chromedriver)"; \
+	  echo "#   install: apt-get install chromium chromium-driver"; \
+	  echo "################################################################"; \
+	  if [ "$(REQUIRE_BROWSER)" = 1 ]; then echo "FAILED: browser test required (REQUIRE_BROWSER=1)"; exit 1; fi; \
+	  exit 0; \
+	fi; \
+	BLR_SITE_TEST=1 $(THREAD_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider -rxf tests/test_site.py \
+	  || { echo "FAILED: the browser test (tests/test_site.py; screenshots in _build/site-test/)"; exit 1; }; \
+	$(BIN)/python -c "import json; s = json.load(open('_build/site-test/summary.json')); \
+	  [print(f'  {k}: {v}') for k, v in s.items() if k != 'page_heights_1400']"
 
 # ---------------------------------------------------------------- niceties
 strip: $(STAMP)

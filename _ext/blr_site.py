@@ -7,14 +7,21 @@
    MathJax 3 is served from the npm package in ``node_modules/mathjax`` (``npm ci``; the
    Makefile does it) instead of the CDN, so the site reads without internet and the
    browser test (tests/test_site.py) does not depend on the network.
-3. Downloads that carry outputs: after the build, each notebook page's ``.ipynb``
+3. The API reference: in ``book/reference/api.md`` the line ``% blrlib-api`` is replaced,
+   when the page is read, by one section per public module of blrlib (found with
+   pkgutil, so a new module is documented without editing the page), each an
+   ``automodule`` with its members.
+4. Downloads that carry outputs: after the build, each notebook page's ``.ipynb``
    download (``_sources/<page>.ipynb``) is replaced by the executed notebook that
    myst-nb wrote to ``_build/jupyter_execute``.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+import pkgutil
 import shutil
 from pathlib import Path
 
@@ -93,6 +100,94 @@ def _offline_math(app, config) -> None:
     logger.info(f"[blr_site] MathJax from {package / MATHJAX_SCRIPT} (offline)")
 
 
+# ---------------------------------------------------------------- API reference
+API_MARKER = "% blrlib-api"
+
+
+def public_modules(package: str = "blrlib") -> list[str]:
+    """The package and every submodule with no ``_``-prefixed part, sorted."""
+    pkg = importlib.import_module(package)
+    names = [package] + [
+        info.name for info in pkgutil.walk_packages(pkg.__path__, package + ".")
+        if not any(part.startswith("_") for part in info.name.split("."))
+    ]
+    return sorted(names)
+
+
+def documented_members(name: str, claimed: set[str]) -> list[str]:
+    """The names that module ``name`` documents: those of its ``__all__`` (or its public
+    names) that it defines; a name defined in a private module is documented by the
+    first public module that exports it. Constants count as defined where exported."""
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    if exported is None:
+        exported = [n for n in vars(module) if not n.startswith("_")]
+    is_package = hasattr(module, "__path__")
+    out = []
+    for member in exported:
+        obj = getattr(module, member, None)
+        if inspect.ismodule(obj):
+            continue
+        home = getattr(obj, "__module__", None) if (inspect.isclass(obj) or callable(obj)) else None
+        if home is None:
+            mine = not is_package
+        elif home == name:
+            mine = True
+        else:
+            mine = any(part.startswith("_") for part in home.split(".")[1:])
+        key = f"{home or name}.{getattr(obj, '__qualname__', member)}"
+        if mine and key not in claimed:
+            claimed.add(key)
+            out.append(member)
+    return out
+
+
+def api_sections() -> str:
+    out, claimed = [], set()
+    for name in public_modules():
+        members = documented_members(name, claimed)
+        # autodoc writes reStructuredText, so the directive sits in an eval-rst block
+        options = f"   :members: {', '.join(members)}\n   :undoc-members:\n" if members else ""
+        out.append(f"## `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n{options}"
+                   f"   :show-inheritance:\n```\n")
+    return "\n".join(out)
+
+
+# Docstrings that are not valid reStructuredText (a list without a blank line before it,
+# an unclosed `...`) are shown verbatim, as a literal block, instead of failing the -W
+# build; the build log names them (``[blr_site] docstring shown verbatim``).
+_HARMLESS = ("Unknown interpreted text role", "Unknown directive type", "No role entry",
+             "No directive entry", 'Unknown target name', "Trying")
+
+
+def _rst_problems(lines: list[str], env=None) -> list[str]:
+    import docutils.core
+    import docutils.utils
+
+    text = "\n".join(lines)
+    doctree = docutils.core.publish_doctree(
+        text, settings_overrides={"report_level": 5, "halt_level": 5, "warning_stream": False, "env": env})
+    problems = []
+    for msg in doctree.findall(docutils.nodes.system_message):
+        body = msg.astext()
+        if msg["level"] >= 2 and not any(h in body for h in _HARMLESS):
+            problems.append(body.splitlines()[0])
+    return problems
+
+
+def _docstring_fallback(app, what, name, obj, options, lines) -> None:
+    if not lines or not _rst_problems(lines, app.env):
+        return
+    logger.info(f"[blr_site] docstring shown verbatim (not valid reST): {name}")
+    body = ["   " + line if line.strip() else "" for line in lines]
+    lines[:] = [".. code-block:: text", "   :class: blr-verbatim", ""] + body + [""]
+
+
+def _api_page(app, docname, source) -> None:
+    if API_MARKER in source[0]:
+        source[0] = source[0].replace(API_MARKER, api_sections())
+
+
 # ---------------------------------------------------------------- executed downloads
 def _executed_downloads(app, exception) -> None:
     if exception is not None or app.builder.format != "html":
@@ -111,7 +206,78 @@ def _executed_downloads(app, exception) -> None:
     logger.info(f"[blr_site] {copied} executed notebooks copied to _sources/ (downloads)")
 
 
+# ---------------------------------------------------------------- short references
+def _resolve_short_reference(app, env, node, contnode):
+    """Resolve `log_partition`, `step`, `FullGaussian`, ... written without their
+    module or class: first along the class's MRO, then within the module, then anywhere
+    in blrlib when the name is unique."""
+    if node.get("refdomain") != "py":
+        return None
+    from sphinx.util.nodes import make_refnode
+
+    target = node["reftarget"].lstrip("~.")
+    objects = env.get_domain("py").objects
+    candidates = []
+    module, cls = node.get("py:module"), node.get("py:class")
+    if module and cls:
+        try:
+            klass = importlib.import_module(module)
+            for part in cls.split("."):
+                klass = getattr(klass, part)
+            candidates += [f"{b.__module__}.{b.__qualname__}.{target}" for b in klass.__mro__]
+        except (ImportError, AttributeError):
+            pass
+    if module:
+        candidates.append(f"{module}.{target}")
+        candidates += sorted(k for k in objects if k.startswith(module + ".") and k.endswith("." + target))
+    anywhere = [k for k in objects if k.endswith("." + target) and k.startswith("blrlib.")]
+    if len(anywhere) == 1:
+        candidates += anywhere
+    # a name a package re-exports: blrlib.families.Bernoulli is ...families.bernoulli.Bernoulli
+    obj = _import_dotted(target) if target.startswith("blrlib.") else None
+    if obj is not None and hasattr(obj, "__qualname__"):
+        candidates.append(f"{obj.__module__}.{obj.__qualname__}")
+    for full in candidates:
+        if full in objects:
+            entry = objects[full]
+            return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, full)
+    # a real attribute that has no entry of its own (inherited from a private base class,
+    # such as _BinaryRule.step): shown as code, without a link
+    if module and module.startswith("blrlib") and _has_attribute(module, cls, target):
+        return contnode
+    return None
+
+
+def _import_dotted(path: str):
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for part in parts[i:]:
+                obj = getattr(obj, part)
+        except AttributeError:
+            return None
+        return obj
+    return None
+
+
+def _has_attribute(module: str, cls: str | None, target: str) -> bool:
+    mod = _import_dotted(module)
+    if mod is None:
+        return False
+    scopes = [_import_dotted(f"{module}.{cls}")] if cls else []
+    scopes += [v for v in vars(mod).values() if inspect.isclass(v) and v.__module__ == module]
+    name = target.split(".")[-1]
+    return any(scope is not None and hasattr(scope, name) for scope in scopes)
+
+
 def setup(app):
+    app.connect("autodoc-process-docstring", _docstring_fallback, priority=900)
+    app.connect("missing-reference", _resolve_short_reference)
     app.connect("config-inited", _offline_math)
+    app.connect("source-read", _api_page)
     app.connect("build-finished", _executed_downloads)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
