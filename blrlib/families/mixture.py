@@ -37,12 +37,13 @@ Gaussian rule on :math:`\bar\ell` alone (damped Newton under the delta method).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
-from torch.func import grad, jacrev, vmap
+from torch.func import grad_and_value, jacrev, vmap
 
 from .._validation import as_float_tensor, check_rho, check_symmetric_positive_definite
 from .gaussian import FullGaussian
@@ -237,14 +238,19 @@ class GaussianMixture:
 
 
 # ====================================================================== expectations
+@functools.lru_cache(maxsize=32)
+def _hermite_nodes(n: int):
+    x, w = np.polynomial.hermite_e.hermegauss(n)  # probabilists' Hermite: weight exp(-x^2/2)
+    return x, w / w.sum()
+
+
 def gauss_hermite(num_points: int, dim: int, *, dtype: torch.dtype = torch.float64, device=None):
     r"""Nodes :math:`x_i` (``(n^d, d)``) and weights :math:`w_i` (``(n^d,)``) of the tensor-product
     Gauss–Hermite rule for :math:`\mathbb{E}_{\mathcal{N}(0, I_d)}[g] \approx \sum_i w_i g(x_i)`; exact for
     polynomials of degree :math:`\le 2n - 1` in each coordinate."""
     n = _positive_int("num_points", num_points)
     d = _positive_int("dim", dim)
-    x, w = np.polynomial.hermite_e.hermegauss(n)  # probabilists' Hermite: weight exp(-x^2/2)
-    w = w / w.sum()
+    x, w = _hermite_nodes(n)
     grids = np.meshgrid(*([x] * d), indexing="ij")
     nodes = np.stack([g.reshape(-1) for g in grids], axis=-1)
     weights = np.prod(np.stack(np.meshgrid(*([w] * d), indexing="ij")).reshape(d, -1), axis=0)
@@ -261,9 +267,13 @@ class MixtureExpectations(NamedTuple):
 
 
 def _loss_derivatives(loss: Loss, points: torch.Tensor):
-    values = vmap(loss)(points)
-    grads = vmap(grad(loss))(points)
-    hessians = vmap(jacrev(grad(loss)))(points)
+    """Values, gradients and Hessians of ``loss`` at every row of ``points``, in one vmapped pass."""
+
+    def gradient_with_aux(theta):
+        g, value = grad_and_value(loss)(theta)
+        return g, (g, value)
+
+    hessians, (grads, values) = vmap(jacrev(gradient_with_aux, has_aux=True))(points)
     for name, t in (("loss", values), ("gradient of loss", grads), ("Hessian of loss", hessians)):
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} is not finite at the evaluation points")
