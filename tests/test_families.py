@@ -198,6 +198,8 @@ def test_other_bad_arguments():
     with pytest.raises(ValueError, match="support must be two finite numbers"):
         blrlib.Bernoulli.from_probs([0.5], support=(1.0, -1.0))
     with pytest.raises(ValueError, match="mean must be a vector"):
-        blrlib.DiagonalGaussian.from_mean_precision(torch.zeros(2, 2), torch.ones(2, 2))
+        blrlib.DiagonalGaussian.from_mean_precision(torch.tensor(0.0), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="mean must be a vector"):
+        blrlib.FixedCovarianceGaussian.from_mean(torch.zeros(2, 2))
     with pytest.raises(ValueError, match="other must be a FullGaussian"):
         blrlib.FullGaussian.from_mean_precision([0.0], [[1.0]]).kl_divergence(blrlib.DiagonalGaussian.from_mean_precision([0.0], [1.0]))

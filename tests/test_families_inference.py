@@ -27,7 +27,8 @@ from blrlib.families import (
 )
 
 D = torch.float64
-NAMES = ["beta", "gamma", "dirichlet", "categorical", "normal_gamma", "wishart", "normal_wishart", "gaussian"]
+NAMES = ["beta", "gamma", "dirichlet", "categorical", "normal_gamma", "wishart", "normal_wishart", "gaussian",
+         "diagonal"]
 
 
 def _pos(gen, *shape, low=0.5, high=3.0):
@@ -61,6 +62,8 @@ def make(name, seed, batch=(3,), d=2):
         )
     if name == "gaussian":  # a batch of full-covariance Gaussians (information form)
         return blrlib.FullGaussian.from_mean_precision(torch.randn(*batch, d, generator=gen, dtype=D), _spd(gen, batch, d))
+    if name == "diagonal":  # a batch of diagonal Gaussians
+        return blrlib.DiagonalGaussian.from_mean_precision(torch.randn(*batch, d, generator=gen, dtype=D), _pos(gen, *batch, d))
     raise KeyError(name)
 
 
@@ -147,10 +150,12 @@ def _torch_reference(q):
         return dist.Wishart(df=q.dof, covariance_matrix=q.scale)
     if isinstance(q, blrlib.FullGaussian):
         return dist.MultivariateNormal(q.mean, precision_matrix=q.precision)
+    if isinstance(q, blrlib.DiagonalGaussian):
+        return dist.Independent(dist.Normal(q.mean, q.stddev), 1)
     raise KeyError(type(q).__name__)
 
 
-@pytest.mark.parametrize("name", ["beta", "gamma", "dirichlet", "categorical", "wishart", "gaussian"])
+@pytest.mark.parametrize("name", ["beta", "gamma", "dirichlet", "categorical", "wishart", "gaussian", "diagonal"])
 def test_log_prob_entropy_kl_match_torch_distributions(name):
     q, p = make(name, 3), make(name, 4)
     ref_q, ref_p = _torch_reference(q), _torch_reference(p)
@@ -402,14 +407,17 @@ def test_estimators_read_what_they_need_from_the_family():
         make("beta", 0).gradient_wrt_expectation(torch.zeros(3))
 
 
-def test_improved_step_on_a_batch_equals_each_member():
-    q = make("gaussian", 32, batch=(3,), d=2)
+@pytest.mark.parametrize("name", ["gaussian", "diagonal"])
+def test_improved_step_on_a_batch_equals_each_member(name):
+    q = make(name, 32, batch=(3,), d=2)
     gen = torch.Generator().manual_seed(33)
     g = torch.randn(3, 2, generator=gen, dtype=D)
     h = -_spd(gen, (3,), 2)  # negative-definite Hessian estimates: the correction term matters
+    if name == "diagonal":
+        h = torch.diagonal(h, dim1=-2, dim2=-1)
     new = blrlib.improved_blr_step(q, q.gradient_wrt_expectation(g, h), 0.4)
     for t in range(3):
-        member = blrlib.FullGaussian.from_mean_precision(q.mean[t], q.precision[t])
+        member = type(q).from_mean_precision(q.mean[t], q.precision[t])
         alone = blrlib.improved_blr_step(member, member.gradient_wrt_expectation(g[t], h[t]), 0.4)
         assert_close(new.precision[t], alone.precision, rtol=1e-12, atol=1e-12)
         assert_close(new.mean[t], alone.mean, rtol=1e-12, atol=1e-12)

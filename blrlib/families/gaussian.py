@@ -173,6 +173,11 @@ class DiagonalGaussian(ExponentialFamily):
     :math:`\lambda = (s\odot m,\; -s/2)`, :math:`T(\theta) = (\theta, \theta^2)`,
     :math:`A(\lambda) = \sum_i \big[-\lambda^{(1)2}_i / (4\lambda^{(2)}_i) - \tfrac12\log(-2\lambda^{(2)}_i)\big] + \tfrac d2 \log 2\pi`,
     :math:`\mu = (m,\; 1/s + m^2)`.
+
+    A batch of independent members: ``mean`` and ``precision`` of shape ``(*batch, d)``; the
+    log-partition, entropy, KL and ``log_prob`` are then per member (the last dimension is the
+    member's coordinates) and ``fisher()`` is ``(*batch, 2d, 2d)``. The rule's step is element-wise,
+    so a batch and one long vector take the same step.
     """
 
     class NaturalParams(NamedTuple):
@@ -183,14 +188,15 @@ class DiagonalGaussian(ExponentialFamily):
         mean: torch.Tensor
         second_moment: torch.Tensor
 
+    event_ndims = (1, 1)
     hessian_kind = "diagonal"
     reparameterizable = True
 
     @classmethod
     def from_mean_precision(cls, mean: Any, precision: Any) -> "DiagonalGaussian":
-        """From the mean :math:`m` and the precision vector :math:`s`."""
-        mean = _vector("mean", mean)
-        precision = _vector("precision", precision)
+        """From the mean :math:`m` and the precision vector :math:`s` (or a batch of each, ``(*batch, d)``)."""
+        mean = _batch_of_vectors("mean", mean)
+        precision = _batch_of_vectors("precision", precision)
         check_same_shape("precision", precision, "mean", mean)
         check_positive("precision", precision)
         return cls((precision * mean, -0.5 * precision))
@@ -204,8 +210,8 @@ class DiagonalGaussian(ExponentialFamily):
         return cls.from_mean_precision(mean, 1.0 / variance)
 
     def _validate_natural(self, natural):
-        first = _vector("natural_params.precision_mean", natural.precision_mean)
-        second = _vector("natural_params.neg_half_precision", natural.neg_half_precision)
+        first = _batch_of_vectors("natural_params.precision_mean", natural.precision_mean)
+        second = _batch_of_vectors("natural_params.neg_half_precision", natural.neg_half_precision)
         check_same_shape("natural_params.neg_half_precision", second, "natural_params.precision_mean", first)
         check_positive("precision (-2 * natural_params.neg_half_precision)", -2.0 * second)
         return self.NaturalParams(first, second)
@@ -213,7 +219,7 @@ class DiagonalGaussian(ExponentialFamily):
     @staticmethod
     def log_partition_fn(natural) -> torch.Tensor:
         l1, l2 = natural
-        return (-(l1 * l1) / (4.0 * l2) - 0.5 * torch.log(-2.0 * l2)).sum() + 0.5 * l1.numel() * _LOG_2PI
+        return (-(l1 * l1) / (4.0 * l2) - 0.5 * torch.log(-2.0 * l2)).sum(-1) + 0.5 * l1.shape[-1] * _LOG_2PI
 
     def _expectation_from_natural(self, natural):
         l1, l2 = natural
@@ -244,19 +250,20 @@ class DiagonalGaussian(ExponentialFamily):
         return self.mean + eps * self.stddev
 
     def entropy(self):
-        return 0.5 * (self.mean.numel() * (1.0 + _LOG_2PI) - torch.log(self.precision).sum())
+        return 0.5 * (self.mean.shape[-1] * (1.0 + _LOG_2PI) - torch.log(self.precision).sum(-1))
 
     def fisher(self):
         r"""Closed form: for each coordinate the :math:`2\times 2` block
         :math:`\begin{pmatrix} 1/s & 2m/s \\ 2m/s & 4m^2/s + 2/s^2 \end{pmatrix}`, laid out over
         :math:`(\lambda^{(1)}, \lambda^{(2)})`."""
         m, s = self.mean, self.precision
+        diag = torch.diag if m.ndim == 1 else torch.diag_embed  # one matrix per member of a batch
         return torch.cat(
             [
-                torch.cat([torch.diag(1.0 / s), torch.diag(2.0 * m / s)], dim=1),
-                torch.cat([torch.diag(2.0 * m / s), torch.diag(4.0 * m * m / s + 2.0 / (s * s))], dim=1),
+                torch.cat([diag(1.0 / s), diag(2.0 * m / s)], dim=-1),
+                torch.cat([diag(2.0 * m / s), diag(4.0 * m * m / s + 2.0 / (s * s))], dim=-1),
             ],
-            dim=0,
+            dim=-2,
         )
 
     def kl_divergence(self, other):
@@ -264,7 +271,7 @@ class DiagonalGaussian(ExponentialFamily):
         self._check_compatible("other", other)
         s, so = self.precision, other.precision
         diff = other.mean - self.mean
-        return 0.5 * (so / s + so * diff * diff - 1.0 + torch.log(s / so)).sum()
+        return 0.5 * (so / s + so * diff * diff - 1.0 + torch.log(s / so)).sum(-1)
 
     def gradient_wrt_expectation(self, expected_gradient, expected_hessian):
         """Bonnet and Price: :math:`(\\mathbb{E}[\\nabla\\ell] - \\mathbb{E}[\\nabla^2\\ell]\\odot m,\\; \\tfrac12 \\mathbb{E}[\\nabla^2\\ell])`,
