@@ -130,6 +130,23 @@ def test_every_public_name_is_in_the_api_reference():
     assert not missing, f"public names not in the API reference: {missing}"
 
 
+def notation_macros() -> set[str]:
+    """The macros that the notation page's table lists (first column, a backslash name)."""
+    text = (ROOT / "book" / "reference" / "notation.md").read_text(encoding="utf-8")
+    return set(re.findall(r"^\| `\\([A-Za-z]+)", text, re.M))
+
+
+def test_notation_page_lists_every_macro():
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    macros = set(config["sphinx"]["config"]["mathjax3_config"]["tex"]["macros"])
+    listed = notation_macros()
+    assert "lam" in listed
+    assert macros == listed, (f"in _config.yml, not on the notation page: {sorted(macros - listed)}; "
+                              f"on the page, not defined: {sorted(listed - macros)}")
+
+
 def book_pages() -> set[str]:
     return {p.relative_to(ROOT).with_suffix(".html").as_posix()
             for p in (ROOT / "book").rglob("*") if p.suffix in (".md", ".ipynb")
