@@ -254,6 +254,15 @@ def test_binder_and_colab_links_point_at_repository_files(page):
         assert (ROOT / path).is_file(), f"{page}: Colab opens {path}, not in the repository"
 
 
+@browser_only
+@pytest.mark.parametrize("page", notebook_pages())
+def test_download_is_the_executed_notebook(page):
+    source = HTML / "_sources" / Path(page).with_suffix(".ipynb")
+    cells = json.loads(source.read_text(encoding="utf-8"))["cells"]
+    outputs = sum(len(c.get("outputs", [])) for c in cells if c["cell_type"] == "code")
+    assert outputs > 0, f"{page}: the .ipynb download has no outputs (not the executed notebook)"
+
+
 # ---------------------------------------------------------------- the browser
 PROBE = r"""
 const done = arguments[arguments.length - 1];
