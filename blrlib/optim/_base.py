@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 
 from .._validation import Range, check_hyperparameters
 
-__all__ = ["RuleOptimizer", "state_dtype", "LOW_PRECISION"]
+__all__ = ["RuleOptimizer", "state_dtype", "check_real_params", "LOW_PRECISION"]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -37,6 +37,19 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 def state_dtype(p: Tensor) -> torch.dtype:
     """Dtype of the statistics of ``p``: float32 for 16-bit parameters, the parameter's own otherwise."""
     return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
+
+
+def check_real_params(param_group: dict) -> list:
+    """The group's parameters as a list; complex or integer tensors raise ``ValueError``."""
+    params = param_group["params"]
+    params = [params] if isinstance(params, Tensor) else list(params)
+    for p in params:
+        if isinstance(p, Tensor) and (p.is_complex() or not p.is_floating_point()):
+            raise ValueError(
+                f"Invalid params: a tensor of dtype {p.dtype} (must be a real floating-point dtype; "
+                "for complex parameters optimise the real and imaginary parts as two real tensors)"
+            )
+    return params
 
 
 class RuleOptimizer(Optimizer):
@@ -60,15 +73,7 @@ class RuleOptimizer(Optimizer):
         if hasattr(self, "defaults"):
             for k, v in self.defaults.items():
                 param_group.setdefault(k, v)
-        params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
-        for p in params:
-            if isinstance(p, Tensor) and (p.is_complex() or not p.is_floating_point()):
-                raise ValueError(
-                    f"Invalid params: a tensor of dtype {p.dtype} (must be a real floating-point dtype; "
-                    "for complex parameters optimise the real and imaginary parts as two real tensors)"
-                )
-        param_group["params"] = params
+        param_group["params"] = check_real_params(param_group)
         self._validate_group(param_group)
         super().add_param_group(param_group)
 
@@ -180,7 +185,7 @@ class RuleOptimizer(Optimizer):
                 if not st:
                     continue
                 where = f"param group {i}, parameter {j} (shape {tuple(p.shape)})"
-                missing = [k for k in ("step", *self.STATE_KEYS) if k not in st]
+                missing = [k for k in ("step", *self._required_state_keys(group)) if k not in st]
                 if missing:
                     raise ValueError(f"Invalid state_dict: {where} has no {missing} (a truncated or foreign checkpoint)")
                 unknown = [k for k in st if k not in ("step", *self.STATE_KEYS, *self.OPTIONAL_STATE_KEYS)]
@@ -208,6 +213,10 @@ class RuleOptimizer(Optimizer):
                     if not bool(torch.isfinite(v).all()):
                         raise ValueError(f"Invalid state_dict: {where} buffer {k!r} holds NaN or infinite values")
                     st[k] = v.detach().to(device=p.device, dtype=self._buffer_dtype(p, k)).clone()
+
+    def _required_state_keys(self, group: dict) -> tuple:
+        """The buffers a parameter of ``group`` with state must have (besides ``"step"``)."""
+        return self.STATE_KEYS
 
     def _buffer_dtype(self, p: Tensor, key: str) -> torch.dtype:
         return state_dtype(p)

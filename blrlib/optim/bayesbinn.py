@@ -47,6 +47,11 @@ and the two optimizers differ only in the estimate :math:`\hat\gv_\mu`:
   \cosh^2\lambda/\cosh^2((\lambda+\delta)/\tau)` is computed in log space, so it stays finite when both
   hyperbolic tangents round to :math:`\pm 1`.
 
+Learning-rate schedulers: ``torch.optim.lr_scheduler.OneCycleLR`` cycles a group's ``momentum`` by
+default, which here is the averaging :math:`\beta` below (0 would become 0.95): pass
+``cycle_momentum=False`` (the same recipe holds for every blrlib optimizer; the others have no
+``momentum``/``betas`` key, so OneCycleLR refuses them without it).
+
 Both optimizers optionally average the natural-gradient direction with momentum :math:`\beta`
 (``momentum``; the paper's released code does this), with Adam's bias correction:
 
@@ -118,7 +123,7 @@ from torch import Tensor
 
 from .. import _validation as _v
 from .._validation import Range, check_hyperparameters
-from ._base import RuleOptimizer
+from ._base import RuleOptimizer, state_dtype
 from .kernels import bernoulli_step
 
 #: The hyperparameters' ranges, declared once (validator, docstrings and tests read them).
@@ -226,6 +231,9 @@ class _BinaryRule(RuleOptimizer):
     # -------------------------------------------------------------- arguments
     RANGES = BINARY_RANGES
     OPTIONAL_STATE_KEYS = ("momentum_buffer",)
+
+    def _required_state_keys(self, group: dict) -> tuple:
+        return ("momentum_buffer",) if float(group["momentum"]) > 0.0 else ()
 
     def _transient_attributes(self) -> tuple:
         return ("_work", "_acc")
@@ -396,7 +404,8 @@ class _BinaryRule(RuleOptimizer):
                 if len(st) == 0:
                     st["step"] = torch.zeros((), dtype=torch.float32)
                     if beta > 0:
-                        st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        st["momentum_buffer"] = torch.zeros_like(p, dtype=state_dtype(p),
+                                                                 memory_format=torch.preserve_format)
                 st["step"] += 1
                 if grad_scale is not None:
                     acc.div_(grad_scale.to(device=acc.device, dtype=acc.dtype))
@@ -404,8 +413,10 @@ class _BinaryRule(RuleOptimizer):
                 if beta > 0:
                     buf = st.get("momentum_buffer")
                     if buf is None:
-                        buf = st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                new, new_buf = bernoulli_step(p, acc.div_(m), rho=rho, prior_lambda=float(lam0), momentum=buf,
+                        buf = st["momentum_buffer"] = torch.zeros_like(p, dtype=state_dtype(p),
+                                                                       memory_format=torch.preserve_format)
+                lam = p if p.dtype == state_dtype(p) else p.to(state_dtype(p))
+                new, new_buf = bernoulli_step(lam, acc.div_(m).to(lam.dtype), rho=rho, prior_lambda=float(lam0), momentum=buf,
                                               beta=float(beta), step=int(st["step"]))
                 p.copy_(new)
                 if buf is not None:

@@ -219,8 +219,8 @@ class IVON(RuleOptimizer):
             mc_samples=mc_samples,
             hess_approx=hess_approx,
             clip_radius=clip_radius,
-            debias=bool(debias),
-            rescale_lr=bool(rescale_lr),
+            debias=debias,
+            rescale_lr=rescale_lr,
         )
         self._validate_group(defaults)
         if generator is not None and not isinstance(generator, torch.Generator):

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from .. import _validation as _v
 from .._validation import Range, check_hyperparameters, document_ranges
+from ._base import check_real_params, state_dtype
 from .kernels import DiagGaussianConfig, DiagGaussianState, diag_gaussian_step, diag_gaussian_step_foreach_, fixed_cov_gaussian_step
 
 __all__ = [
@@ -334,6 +335,7 @@ class RuleSGD(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         param_group = dict(param_group)
+        param_group["params"] = check_real_params(param_group)
         if any(k in param_group for k in ("lr", "rho", "variance", "ess", "prior_precision")) and hasattr(self, "defaults"):
             merged = {k: v for k, v in self.defaults.items()}
             if "rho" in param_group:
@@ -407,6 +409,7 @@ class RuleRMSprop(torch.optim.Optimizer):
         check_hyperparameters(group, RULE_RMSPROP_RANGES)
 
     def add_param_group(self, param_group: dict) -> None:
+        param_group["params"] = check_real_params(param_group)
         super().add_param_group(param_group)
         self._check(self.param_groups[-1])
 
@@ -414,7 +417,7 @@ class RuleRMSprop(torch.optim.Optimizer):
         st = self.state.get(p, {})
         if "precision" in st:
             return st["precision"]
-        return torch.full_like(p, float(group["init_precision"]))
+        return torch.full_like(p, float(group["init_precision"]), dtype=state_dtype(p))
 
     @torch.no_grad()
     def posterior_std(self) -> list[Tensor]:
@@ -444,7 +447,8 @@ class RuleRMSprop(torch.optim.Optimizer):
             st = self.state[p]
             if "step" not in st:
                 st["step"] = torch.tensor(0.0)
-                st["precision"] = torch.full_like(p, float(group["init_precision"]), memory_format=torch.preserve_format)
+                st["precision"] = torch.full_like(p, float(group["init_precision"]), dtype=state_dtype(p),
+                                                  memory_format=torch.preserve_format)
             by_group.setdefault(id(group), (group, []))[1].append((p, grad, st))
         for group, items in by_group.values():
             cfg = _rule_rmsprop_config(group["lr"], group["ess"], group["prior_precision"], group["beta"])
@@ -455,8 +459,13 @@ class RuleRMSprop(torch.optim.Optimizer):
             for p, grad, st in items:
                 buckets.setdefault((p.device, p.dtype), []).append((p, grad, st))
             for bucket in buckets.values():
+                sd = bucket[0][2]["precision"].dtype  # float32 for 16-bit parameters
+                means = [b[0] if b[0].dtype == sd else b[0].to(sd) for b in bucket]
                 diag_gaussian_step_foreach_(
-                    [b[0] for b in bucket], [b[2]["precision"] for b in bucket], None,
-                    [b[1].to(b[0].dtype) for b in bucket], None, [float(b[2]["step"]) for b in bucket], cfg,
+                    means, [b[2]["precision"] for b in bucket], None,
+                    [b[1].to(sd) for b in bucket], None, [float(b[2]["step"]) for b in bucket], cfg,
                 )
+                for b, m in zip(bucket, means):
+                    if m is not b[0]:
+                        b[0].copy_(m)
         return loss

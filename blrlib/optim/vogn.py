@@ -245,6 +245,9 @@ class OGN(RuleOptimizer):
     STATE_KEYS = ("precision",)
     OPTIONAL_STATE_KEYS = ("momentum",)
 
+    def _required_state_keys(self, group: dict) -> tuple:
+        return ("precision", "momentum") if float(group["beta1"]) > 0.0 else ("precision",)
+
     # ------------------------------------------------------------------ state
     def _trainable(self) -> list:
         return [(group, p) for group in self.param_groups for p in group["params"] if p.requires_grad]
