@@ -161,6 +161,19 @@ def test_weights_and_log_weight_ratios():
     torch.testing.assert_close(q.component(1).mean, torch.tensor([1.0], dtype=DT))
 
 
+def test_from_components_and_responsibilities():
+    comps = [blrlib.FullGaussian.from_mean_precision(torch.tensor([float(k), -1.0], dtype=DT), (k + 2.0) * torch.eye(2, dtype=DT)) for k in range(3)]
+    weights = torch.tensor([0.2, 0.3, 0.5], dtype=DT)
+    q = GaussianMixture.from_components(weights, comps)
+    theta = torch.tensor([[0.4, -0.8], [2.2, 0.0]], dtype=DT)
+    log_joint = torch.stack([torch.log(weights[k]) + comps[k].log_prob(theta) for k in range(3)], -1)
+    torch.testing.assert_close(q.responsibilities(theta), torch.softmax(log_joint, -1))
+    torch.testing.assert_close(q.log_prob(theta), torch.logsumexp(log_joint, -1))
+    torch.testing.assert_close(q.responsibilities(theta).sum(-1), torch.ones(2, dtype=DT))
+    with pytest.raises(ValueError, match="Invalid components"):
+        GaussianMixture.from_components(weights, [comps[0], "not a Gaussian"])
+
+
 def test_sample_moments():
     q = random_mixture(3, 2, 5)
     x = q.sample(200_000, generator=torch.Generator().manual_seed(0))
