@@ -9,11 +9,15 @@ examples with per-example losses :math:`\ell_i(\theta)`, the per-example gradien
     \hat g = \frac1M\sum_{i\in\mathcal M} g_i, \qquad
     \hat h = \frac1M\sum_{i\in\mathcal M} g_i \odot g_i ,
 
-the minibatch mean gradient and the diagonal of the Gauss-Newton matrix
-:math:`\frac1M\sum_i g_i g_i^\top` used by Khan et al. (2018) and Osawa et al. (2019) (Martens (2020)
-calls this outer-product matrix the *empirical Fisher*; for a loss :math:`\ell_i = r_i^2/2` it is the
-generalised Gauss-Newton matrix :math:`\frac1M\sum_i J_i^\top r_i^2 J_i` with the output Jacobian
-:math:`J_i`).
+the minibatch mean gradient and the diagonal of the *empirical Fisher*
+:math:`\frac1M\sum_i g_i g_i^\top`, which Khan et al. (2018) and Osawa et al. (2019) use as their
+"Gauss-Newton" approximation. It is not the generalised Gauss-Newton matrix (GGN) of Martens (2020).
+For a loss :math:`\ell_i = r_i^2/2` with residual :math:`r_i = f(x_i;\theta) - y_i` and output
+Jacobian :math:`J_i`, the empirical Fisher is :math:`\frac1M\sum_i r_i^2 J_i^\top J_i` while the GGN is
+:math:`\frac1M\sum_i J_i^\top J_i`; they agree when the squared residuals average to the curvature of the
+loss in the output (1 here), for example in expectation over data drawn from the model at :math:`\theta`,
+and differ at a close fit (small :math:`r_i`) or far from one. The names in this module
+(``gauss_newton_diagonal``, ``gauss_newton``) follow the papers and mean the empirical Fisher.
 
 Two ways to get the :math:`g_i`, neither with a Python loop over examples:
 
@@ -146,7 +150,7 @@ def gauss_newton_diagonal(
     params: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
 ) -> GradientStatistics:
-    r"""Mean gradient :math:`\hat g = \frac1M\sum_i g_i` and Gauss-Newton diagonal :math:`\hat h = \frac1M\sum_i g_i^2`.
+    r"""Mean gradient :math:`\hat g = \frac1M\sum_i g_i` and "Gauss-Newton" (empirical Fisher) diagonal :math:`\hat h = \frac1M\sum_i g_i^2`.
 
     Same arguments as :func:`per_example_gradients`; the per-example gradients are reduced
     immediately, so only the two means are returned (with the mean loss).
