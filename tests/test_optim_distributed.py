@@ -114,3 +114,39 @@ def test_all_reduce_mean_without_process_group_is_noop():
     t = [torch.ones(3)]
     assert all_reduce_mean_(t) == 1
     assert torch.equal(t[0], torch.ones(3))
+
+
+def _disjoint_worker(rank, world, init_file, out_dir):
+    """Two parameters of the same size; each rank's loss touches only one of them."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        a, b = (nn.Parameter(torch.full((3,), v, dtype=torch.float64)) for v in (0.5, -0.5))
+        gen = torch.Generator().manual_seed(2000 + rank)
+        opt = IVON([a, b], sync=True, noise_fn=noise_from(gen), **HYPER)
+        target = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+        for _ in range(5):
+            with opt.sampled_params(train=True):
+                opt.zero_grad()
+                (((a if rank == 0 else b) - target) ** 2).sum().backward()
+            opt.step()
+        torch.save({"m": [a.detach(), b.detach()], "h": [opt.state[p]["hess"] for p in (a, b)]},
+                   os.path.join(out_dir, f"disjoint{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="torch.distributed unavailable")
+def test_fault_parameters_with_gradients_on_different_ranks_stay_in_sync(tmp_path):
+    """issue 8 s2: with two same-size parameters each getting a gradient on one rank only, their
+    statistics were averaged into each other and the replicas diverged silently. Every rank now
+    reduces every parameter in the same order (zeros where it has no gradient, as DDP does)."""
+    init_file = tmp_path / "store"
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_disjoint_worker, args=(2, str(init_file), str(tmp_path)), nprocs=2, join=True,
+                       start_method=method)
+    r0, r1 = (torch.load(tmp_path / f"disjoint{r}.pt") for r in (0, 1))
+    for x, y in zip(r0["m"] + r0["h"], r1["m"] + r1["h"]):
+        assert torch.equal(x, y)
+    # both parameters moved towards the target (each learned from its own rank's data)
+    assert (r0["m"][0] > 0.5).all() and (r0["m"][1] > -0.5).all()
