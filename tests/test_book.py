@@ -508,7 +508,6 @@ LINE_LENGTH_PENDING = frozenset({
     "book/foundations/exponential_families.ipynb",
     "book/foundations/learning_as_prediction.ipynb",
     "book/optimization/gradient_descent.ipynb",
-    "book/optimization/newton.ipynb",
 })
 
 
