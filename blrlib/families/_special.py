@@ -1,5 +1,11 @@
 r"""Special functions and inverse maps shared by the Beta, Gamma, Dirichlet and Wishart families.
 
+* :func:`trigamma`: :math:`\psi'(x)` to float64 precision (recurrence to :math:`x \ge 10`, then the
+  asymptotic series); ``torch.polygamma(1, x)`` is off by up to 5e-10 relative in float64 (measured
+  against mpmath on :math:`x \in [0.01, 200]`), which the closed-form Fishers would inherit.
+* :func:`lgamma` and :func:`digamma`: torch's values with derivatives :func:`digamma` and
+  :func:`trigamma`, so autograd (and ``vmap``/``jacrev``) Fishers of the log-partitions are as
+  accurate as the closed forms.
 * :func:`mvlgamma` and :func:`mvdigamma`: :math:`\log\Gamma_d(x)` and its derivative
   :math:`\psi_d(x) = \sum_{i=1}^d \psi\big(x + (1-i)/2\big)`, batched over ``x``.
 * :func:`solve_log_minus_digamma`: the :math:`a > 0` with :math:`\log a - \psi(a) = s`, the inverse map
@@ -27,21 +33,85 @@ def _check_bool(ok: torch.Tensor, message: str) -> None:
         raise ValueError(message)
 
 
+def trigamma(x: torch.Tensor) -> torch.Tensor:
+    r""":math:`\psi'(x) = \sum_{k\ge0} (x+k)^{-2}` for :math:`x > 0`: :math:`\psi'(x) = \psi'(x+1) + x^{-2}` until
+    :math:`x \ge 10`, then :math:`\tfrac1x + \tfrac1{2x^2} + \sum_{k=1}^{7} B_{2k}\,x^{-2k-1}` (Bernoulli numbers)."""
+    shift = torch.zeros_like(x)
+    y = x
+    for _ in range(10):
+        small = y < 10.0
+        shift = shift + torch.where(small, 1.0 / (y * y), torch.zeros_like(y))
+        y = torch.where(small, y + 1.0, y)
+    inv = 1.0 / y
+    inv2 = inv * inv
+    tail = 691.0 / 2730.0 - inv2 * (7.0 / 6.0)
+    tail = 1.0 / 6.0 - inv2 * (1.0 / 30.0 - inv2 * (1.0 / 42.0 - inv2 * (1.0 / 30.0 - inv2 * (5.0 / 66.0 - inv2 * tail))))
+    return shift + inv + 0.5 * inv2 + inv * inv2 * tail
+
+
+class _Digamma(torch.autograd.Function):
+    r""":math:`\psi(x)` whose derivative is :func:`trigamma` (torch's is ``polygamma(1, x)``)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.digamma(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * trigamma(x)
+
+
+class _LogGamma(torch.autograd.Function):
+    r""":math:`\log\Gamma(x)` whose derivative is :func:`digamma` (so second derivatives use :func:`trigamma`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.lgamma(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * _Digamma.apply(x)
+
+
+def digamma(x: torch.Tensor) -> torch.Tensor:
+    """``torch.digamma`` with an accurate derivative (:func:`trigamma`), for autograd Fishers."""
+    return _Digamma.apply(x)
+
+
+def lgamma(x: torch.Tensor) -> torch.Tensor:
+    """``torch.lgamma`` whose first and second derivatives are :func:`digamma` and :func:`trigamma`."""
+    return _LogGamma.apply(x)
+
+
 def mvlgamma(x: torch.Tensor, d: int) -> torch.Tensor:
     r""":math:`\log\Gamma_d(x) = \tfrac{d(d-1)}{4}\log\pi + \sum_{i=1}^d \log\Gamma\big(x + (1-i)/2\big)` (batched)."""
     offsets = -0.5 * torch.arange(d, dtype=x.dtype, device=x.device)
-    return 0.25 * d * (d - 1) * math.log(math.pi) + torch.lgamma(x.unsqueeze(-1) + offsets).sum(-1)
+    return 0.25 * d * (d - 1) * math.log(math.pi) + lgamma(x.unsqueeze(-1) + offsets).sum(-1)
 
 
 def mvdigamma(x: torch.Tensor, d: int) -> torch.Tensor:
     r""":math:`\psi_d(x) = \frac{\partial}{\partial x}\log\Gamma_d(x) = \sum_{i=1}^d \psi\big(x + (1-i)/2\big)`."""
     offsets = -0.5 * torch.arange(d, dtype=x.dtype, device=x.device)
-    return torch.digamma(x.unsqueeze(-1) + offsets).sum(-1)
+    return digamma(x.unsqueeze(-1) + offsets).sum(-1)
 
 
 def _mvtrigamma(x: torch.Tensor, d: int) -> torch.Tensor:
     offsets = -0.5 * torch.arange(d, dtype=x.dtype, device=x.device)
-    return torch.polygamma(1, x.unsqueeze(-1) + offsets).sum(-1)
+    return trigamma(x.unsqueeze(-1) + offsets).sum(-1)
 
 
 def solve_log_minus_digamma(s: torch.Tensor) -> torch.Tensor:
@@ -57,7 +127,7 @@ def solve_log_minus_digamma(s: torch.Tensor) -> torch.Tensor:
         residual = torch.log(a) - torch.digamma(a) - s
         if bool((residual.abs() <= 1e-13 * s.abs().clamp_min(1.0)).all()):
             return a
-        slope = (1.0 / a - torch.polygamma(1, a)) * a  # d/du (log a - psi(a)), negative
+        slope = (1.0 / a - trigamma(a)) * a  # d/du (log a - psi(a)), negative
         u = u - residual / slope
     raise ValueError("Newton's method for log(a) - digamma(a) = s did not converge")
 
@@ -92,8 +162,8 @@ def solve_dirichlet(mean_log: torch.Tensor) -> torch.Tensor:
         if bool((residual.abs() <= 1e-13 * scale).all()):
             return torch.exp(u)
         alpha = torch.exp(u)
-        coupling = torch.polygamma(1, alpha.sum(-1, keepdim=True)).unsqueeze(-1)
-        jac = torch.diag_embed(torch.polygamma(1, alpha)) - coupling * torch.ones_like(eye)
+        coupling = trigamma(alpha.sum(-1, keepdim=True)).unsqueeze(-1)
+        jac = torch.diag_embed(trigamma(alpha)) - coupling * torch.ones_like(eye)
         jac = jac * alpha.unsqueeze(-2)  # chain rule for u = log(alpha): columns times alpha
         step = torch.linalg.solve(jac, residual.unsqueeze(-1)).squeeze(-1)
         norm = residual.abs().amax(-1)

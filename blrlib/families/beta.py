@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._special import floating, require, sample_standard_gamma, solve_dirichlet
+from ._special import digamma, floating, lgamma, require, sample_standard_gamma, solve_dirichlet, trigamma
 from .base import ExponentialFamily
 
 __all__ = ["Beta"]
@@ -79,12 +79,12 @@ class Beta(ExponentialFamily):
     @staticmethod
     def log_partition_fn(natural) -> torch.Tensor:
         a, b = natural[0] + 1.0, natural[1] + 1.0
-        return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+        return lgamma(a) + lgamma(b) - lgamma(a + b)
 
     def _expectation_from_natural(self, natural):
         a, b = natural[0] + 1.0, natural[1] + 1.0
-        total = torch.digamma(a + b)
-        return self.ExpectationParams(torch.digamma(a) - total, torch.digamma(b) - total)
+        total = digamma(a + b)
+        return self.ExpectationParams(digamma(a) - total, digamma(b) - total)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -119,7 +119,7 @@ class Beta(ExponentialFamily):
 
     def fisher(self):
         a, b = self.alpha, self.beta
-        t = torch.polygamma(1, a + b)
-        row1 = torch.stack([torch.polygamma(1, a) - t, -t], dim=-1)
-        row2 = torch.stack([-t, torch.polygamma(1, b) - t], dim=-1)
+        t = trigamma(a + b)
+        row1 = torch.stack([trigamma(a) - t, -t], dim=-1)
+        row2 = torch.stack([-t, trigamma(b) - t], dim=-1)
         return torch.stack([row1, row2], dim=-2)

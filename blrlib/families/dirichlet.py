@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._special import floating, require, sample_standard_gamma, solve_dirichlet
+from ._special import digamma, floating, lgamma, require, sample_standard_gamma, solve_dirichlet, trigamma
 from .base import ExponentialFamily
 
 __all__ = ["Dirichlet"]
@@ -67,11 +67,11 @@ class Dirichlet(ExponentialFamily):
     @staticmethod
     def log_partition_fn(natural) -> torch.Tensor:
         alpha = natural[0] + 1.0
-        return torch.lgamma(alpha).sum(-1) - torch.lgamma(alpha.sum(-1))
+        return lgamma(alpha).sum(-1) - lgamma(alpha.sum(-1))
 
     def _expectation_from_natural(self, natural):
         alpha = natural[0] + 1.0
-        return self.ExpectationParams(torch.digamma(alpha) - torch.digamma(alpha.sum(-1, keepdim=True)))
+        return self.ExpectationParams(digamma(alpha) - digamma(alpha.sum(-1, keepdim=True)))
 
     @property
     def concentration(self) -> torch.Tensor:
@@ -102,7 +102,7 @@ class Dirichlet(ExponentialFamily):
 
     def fisher(self):
         alpha = self.concentration
-        coupling = torch.polygamma(1, alpha.sum(-1))[..., None, None]
-        return torch.diag_embed(torch.polygamma(1, alpha)) - coupling * torch.ones(
+        coupling = trigamma(alpha.sum(-1))[..., None, None]
+        return torch.diag_embed(trigamma(alpha)) - coupling * torch.ones(
             alpha.shape[-1], alpha.shape[-1], dtype=alpha.dtype, device=alpha.device
         )

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._special import floating, require, sample_standard_gamma, solve_log_minus_digamma
+from ._special import digamma, floating, lgamma, require, sample_standard_gamma, solve_log_minus_digamma, trigamma
 from .base import ExponentialFamily
 
 __all__ = ["Gamma"]
@@ -74,11 +74,11 @@ class Gamma(ExponentialFamily):
     @staticmethod
     def log_partition_fn(natural) -> torch.Tensor:
         a, b = natural[0] + 1.0, -natural[1]
-        return torch.lgamma(a) - a * torch.log(b)
+        return lgamma(a) - a * torch.log(b)
 
     def _expectation_from_natural(self, natural):
         a, b = natural[0] + 1.0, -natural[1]
-        return self.ExpectationParams(torch.digamma(a) - torch.log(b), a / b)
+        return self.ExpectationParams(digamma(a) - torch.log(b), a / b)
 
     @property
     def shape(self) -> torch.Tensor:
@@ -110,6 +110,6 @@ class Gamma(ExponentialFamily):
 
     def fisher(self):
         a, b = self.shape, self.rate
-        row1 = torch.stack([torch.polygamma(1, a), 1.0 / b], dim=-1)
+        row1 = torch.stack([trigamma(a), 1.0 / b], dim=-1)
         row2 = torch.stack([1.0 / b, a / (b * b)], dim=-1)
         return torch.stack([row1, row2], dim=-2)

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._special import floating, require, sample_standard_gamma, solve_log_minus_digamma
+from ._special import digamma, floating, lgamma, require, sample_standard_gamma, solve_log_minus_digamma
 from .base import ExponentialFamily
 
 __all__ = ["NormalGamma", "GaussianParameters"]
@@ -109,13 +109,13 @@ class NormalGamma(ExponentialFamily):
     @staticmethod
     def log_partition_fn(natural) -> torch.Tensor:
         _, kappa, shape, rate = NormalGamma._hyper(natural)
-        return torch.lgamma(shape) - shape * torch.log(rate) - 0.5 * torch.log(kappa) + 0.5 * _LOG_2PI
+        return lgamma(shape) - shape * torch.log(rate) - 0.5 * torch.log(kappa) + 0.5 * _LOG_2PI
 
     def _expectation_from_natural(self, natural):
         loc, kappa, shape, rate = self._hyper(natural)
         mean_tau = shape / rate
         return self.ExpectationParams(
-            mean_tau * loc, mean_tau * loc * loc + 1.0 / kappa, mean_tau, torch.digamma(shape) - torch.log(rate)
+            mean_tau * loc, mean_tau * loc * loc + 1.0 / kappa, mean_tau, digamma(shape) - torch.log(rate)
         )
 
     @property
