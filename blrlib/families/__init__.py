@@ -1,9 +1,9 @@
 """Candidate families: exponential families with natural and expectation parameters.
 
-Part I/II families (one member each): :class:`FixedCovarianceGaussian`, :class:`DiagonalGaussian`,
-:class:`FullGaussian`, :class:`Bernoulli`. Families with a batch of independent members (the
-leading dimensions; see :mod:`blrlib.families.base`): :class:`Beta`, :class:`Gamma`,
-:class:`Dirichlet`, :class:`Categorical`, :class:`NormalGamma`, :class:`Wishart`,
+One member per object (the whole tensor): :class:`FixedCovarianceGaussian`, :class:`Bernoulli`.
+A batch of independent members (the leading dimensions; see :mod:`blrlib.families.base`):
+:class:`DiagonalGaussian`, :class:`FullGaussian` (one member when the mean is a vector), :class:`Beta`,
+:class:`Gamma`, :class:`Dirichlet`, :class:`Categorical`, :class:`NormalGamma`, :class:`Wishart`,
 :class:`NormalWishart`. Products of families: :class:`MeanField`. Draws of a Gaussian's parameters come as :class:`GaussianParameters`.
 """
 
