@@ -23,7 +23,8 @@ dimensions of each natural-parameter block belong to one member; the leading dim
 :meth:`log_prob` return one value per member (shape ``batch_shape``, or ``(*sample, *batch_shape)``
 for ``log_prob``), :meth:`fisher` returns one matrix per member (``(*batch_shape, P, P)``), and the
 rule, which is element-wise in :math:`\lambda`, updates every member at once. ``event_ndims = None``
-(the Part I/II families) means that the whole tensor is one member and ``batch_shape == ()``.
+(:class:`FixedCovarianceGaussian`, :class:`Bernoulli`) means that the whole tensor is one member and
+``batch_shape == ()``.
 
 What the estimators need is class data too: ``hessian_kind`` (``"full"``, ``"diagonal"`` or
 ``"none"``: which expected Hessian :meth:`gradient_wrt_expectation` takes) and ``reparameterizable``
