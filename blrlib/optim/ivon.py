@@ -466,11 +466,8 @@ class IVON(RuleOptimizer):
         except ValueError:
             self._reset_samples()
             raise
-        bad = self._nonfinite([t for _, pl in plans for t in pl["hstats"] + pl["grads_check"]])
-        what = "non-finite (NaN or inf) gradient"
-        if not bad and self._would_overflow(plans, scale, inv_scale, n_samples):
-            bad, what = True, "gradient statistics so large that h or m would overflow their dtype"
-        if bad:
+        what = self._check_statistics(plans, scale, inv_scale, n_samples)
+        if what is not None:
             self._reset_samples()
             if self.skip_nonfinite or under_scaler:
                 self.skipped_steps += 1
@@ -555,17 +552,6 @@ class IVON(RuleOptimizer):
             plans.append(dict(params=params, grads=grads, hstats=hstats, works=works, grads_check=checks))
         return plans
 
-    @staticmethod
-    def _nonfinite(tensors: list) -> bool:
-        # A sum is finite only if every summand is; eps * g is NaN for any non-finite g.
-        if not tensors:
-            return False
-        sums = [t.sum(dtype=torch.float32 if t.dtype in _LOW_PRECISION else None) for t in tensors]
-        by_dev: dict = {}
-        for s in sums:
-            by_dev.setdefault(s.device, []).append(s.float() if s.dtype != torch.float64 else s)
-        return any(not bool(torch.isfinite(torch.stack(v).sum())) for v in by_dev.values())
-
     def _check_representable(self, group: dict, p: Tensor) -> None:
         """The scalars a step multiplies by must be finite in the statistics' dtype (else the step would
         fail half way or silently produce inf): checked before anything changes."""
@@ -581,9 +567,12 @@ class IVON(RuleOptimizer):
                     f"{_state_dtype(p)}, whose largest value is {fmax:.3g}); the step was not taken"
                 )
 
-    def _would_overflow(self, plans: list, scale: float, inv_scale: float, n_samples: int) -> bool:
-        """A cheap bound (maxima of |g|, |stat|, h in double precision) on the new h and the mean's
-        move: True if they could exceed the dtype's range (the non-finite policy then applies)."""
+    def _check_statistics(self, plans: list, scale: float, inv_scale: float, n_samples: int) -> Optional[str]:
+        """The non-finite policy, applied to the gradients *and* the statistics, before anything changes.
+
+        One max-abs reduction per gradient and statistic (NaN/inf show up in it) and one min/max of h
+        give, in double precision, a bound on the new h and on the mean's move; ``None`` if the step is
+        safe, else what is wrong."""
         for group, plan in plans:
             if not plan["params"]:
                 continue
@@ -599,14 +588,20 @@ class IVON(RuleOptimizer):
                 ext = torch.stack([torch.stack(torch.aminmax(h)).double().cpu() for h in live])
                 hmin, hmax = min(hmin, float(ext[:, 0].min())) if len(live) < len(hs) else float(ext[:, 0].min()), \
                     max(hmax, float(ext[:, 1].max())) if len(live) < len(hs) else float(ext[:, 1].max())
-            gmax = max(float(x) for x in torch._foreach_norm(plan["grads"], float("inf"))) * scale
+            norms = torch._foreach_norm(plan["grads"] + plan["hstats"], float("inf"))
+            norms = torch.stack([x.double().cpu() for x in norms]).tolist()
+            if not all(math.isfinite(x) for x in norms):
+                return "non-finite (NaN or inf) gradient"
+            ng = len(plan["grads"])
+            gmax = max(norms[:ng]) * scale
             if plan["hstats"]:
-                smax = max(float(x) for x in torch._foreach_norm(plan["hstats"], float("inf")))
+                smax = max(norms[ng:])
             else:  # compiled path: eps * g is formed in the kernel; |eps| < 8 in practice
                 smax = 8.0 * gmax / scale
+            overflow = "gradient statistics so large that h or m would overflow their dtype"
             den = hmin + wd
             if not den > 0:
-                return True
+                return overflow
             if group["hess_approx"] == "price":
                 smax *= scale
                 w = smax + hmax / math.sqrt(den * ess)
@@ -617,8 +612,8 @@ class IVON(RuleOptimizer):
             alpha = group["lr"] * (group["hess_init"] + wd) if group["rescale_lr"] else group["lr"]
             dm = alpha * gmax / ((1 - b1) if b1 > 0 and group["debias"] else 1.0) / (0.5 * den)
             if not (hmax + dh < fmax and dm < fmax and math.isfinite(gmax)):
-                return True
-        return False
+                return overflow
+        return None
 
     @staticmethod
     def _config(group: dict, grad_scale: float) -> DiagGaussianConfig:
