@@ -390,7 +390,6 @@ GLUE_CHECK_PENDING = frozenset({
     "book/deep_learning/ste_bayesbinn.ipynb",
     "book/deep_learning/uncertainty.ipynb",
     "book/foundations/learning_as_prediction.ipynb",
-    "book/optimization/gradient_descent.ipynb",
 })
 DECIMAL = re.compile(r"(?<![\w.\-^_{])-?(\d*\.\d+)(?:[eE][+-]?\d+)?(?![\w.]*\d)")
 SOLUTION_OPEN = re.compile(r"^(`{3,}|:{3,})\{solution\}")
@@ -507,7 +506,6 @@ LINE_LENGTH_PENDING = frozenset({
     "book/foundations/bayesian_learning_rule.ipynb",
     "book/foundations/exponential_families.ipynb",
     "book/foundations/learning_as_prediction.ipynb",
-    "book/optimization/gradient_descent.ipynb",
 })
 
 
