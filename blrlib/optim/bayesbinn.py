@@ -122,7 +122,7 @@ import torch
 from torch import Tensor
 
 from .. import _validation as _v
-from .._validation import Range, check_hyperparameters
+from .._validation import Range, check_hyperparameters, document_ranges
 from ._base import RuleOptimizer, state_dtype
 from .kernels import bernoulli_step
 
@@ -618,3 +618,12 @@ class BayesBiNN(_BinaryRule):
         w = self._work[p]
         scale = relaxation_scale(w["lam"], w["uniform"], float(group["temperature"]))
         return scale.mul_(grad.to(p.dtype)).mul_(float(group["ess"]))
+
+
+for _cls, _defaults in ((STE, dict(lr=1e-3, prior_lambda=0.0, momentum=0.0, mc_samples=1)),
+                        (BayesBiNN, dict(lr=1e-3, prior_lambda=0.0, momentum=0.0, mc_samples=1))):
+    _cls.__doc__ = (_cls.__doc__ or "") + (
+        "\n    Hyperparameter ranges (declared once in ``RANGES``; checked on construction, for every\n"
+        "    param group and on ``load_state_dict``):\n\n"
+        + "\n".join("    " + line for line in document_ranges(_cls.RANGES, _defaults).splitlines()) + "\n"
+    )

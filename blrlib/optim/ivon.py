@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .. import _validation as _v
+from .._validation import document_ranges
 from ._base import LOW_PRECISION, RuleOptimizer, state_dtype
 from .functional import IVON_RANGES
 from .kernels import DiagGaussianConfig, DiagGaussianState, diag_gaussian_step_compiled, diag_gaussian_step_foreach_
@@ -63,16 +64,16 @@ class IVON(RuleOptimizer):
     IVON learns a diagonal Gaussian posterior :math:`q(\theta) = \mathcal N(m, \mathrm{diag}(\sigma^2))`
     over the weights with the Bayesian learning rule. Per parameter entry, with mean
     :math:`m` (the model's weights), Hessian estimate :math:`h`, momentum :math:`\bar g`,
-    prior precision :math:`\delta`, effective sample size :math:`\lambda` and step
+    prior precision :math:`\delta`, effective sample size :math:`N` (:math:`N_e`) and step
     :math:`t`, one iteration is
 
     .. math::
 
-        \sigma &= 1/\sqrt{\lambda\,(h + \delta)}, \qquad
+        \sigma &= 1/\sqrt{N\,(h + \delta)}, \qquad
         \theta_k = m + \sigma\,\epsilon_k,\quad \epsilon_k \sim \mathcal N(0, I),\quad k = 1..K \\
         \hat g &= \tfrac1K \textstyle\sum_k \nabla\ell(\theta_k), \qquad
         \hat h = \tfrac1K \textstyle\sum_k \nabla\ell(\theta_k)\,\epsilon_k / \sigma
-            \quad(\text{Price/Stein};\ \texttt{"gradsq"}:\ \hat h = \lambda\,\tfrac1K\textstyle\sum_k \nabla\ell(\theta_k)^2) \\
+            \quad(\text{Price/Stein};\ \texttt{"gradsq"}:\ \hat h = N\,\tfrac1K\textstyle\sum_k \nabla\ell(\theta_k)^2) \\
         \bar g &\leftarrow \beta_1 \bar g + (1-\beta_1)\,\hat g \\
         h &\leftarrow \beta_2 h + (1-\beta_2)\,\hat h
               + \tfrac12 (1-\beta_2)^2\,(h - \hat h)^2 / (h + \delta) \\
@@ -80,10 +81,10 @@ class IVON(RuleOptimizer):
               \pm r\Big), \qquad \alpha = \eta\,(h_0 + \delta)
 
     Here :math:`\ell` is the *average* per-example loss of a minibatch (what ``loss.backward()``
-    normally differentiates), so :math:`\lambda\hat h` estimates the Hessian of the
+    normally differentiates), so :math:`N\hat h` estimates the Hessian of the
     summed loss; the last term of the :math:`h` update is the positivity-preserving
     correction of Lin, Schmidt & Khan (2020), which keeps the posterior precision
-    :math:`\lambda(h + \delta)` positive whatever the sign of :math:`\hat h`: the new value obeys
+    :math:`N(h + \delta)` positive whatever the sign of :math:`\hat h`: the new value obeys
     :math:`h' + \delta \ge \tfrac12 (h + \delta)` (so :math:`h` itself stays positive when :math:`\delta = 0`,
     and can dip to :math:`(h-\delta)/2` otherwise).
 
@@ -91,20 +92,26 @@ class IVON(RuleOptimizer):
 
     ============================  ==========================================================
     :math:`\eta`                   ``lr``
-    :math:`\lambda`                ``ess``: effective sample size, usually the number of
+    :math:`N`                      ``ess``: effective sample size, usually the number of
                                    training examples; the posterior is the one of a data set
-                                   of this size, so :math:`\sigma^2 \approx 1/(\lambda(h+\delta))`
+                                   of this size, so :math:`\sigma^2 \approx 1/(N(h+\delta))`
     :math:`h_0`                    ``hess_init``: initial :math:`h` (the prior's curvature
                                    guess); with ``rescale_lr`` also sets :math:`\alpha`
     :math:`\beta_1, \beta_2`       ``beta1``, ``beta2``
-    :math:`\delta`                 ``weight_decay``: prior precision per example; the prior
-                                   is :math:`\mathcal N(0, 1/(\lambda\delta))`
+    :math:`\delta`                 ``weight_decay``: prior precision per example (so the prior
+                                   precision of the whole data set is :math:`N\delta`); the prior
+                                   is :math:`\mathcal N(0, 1/(N\delta))`
     :math:`K`                      the number of ``sampled_params(train=True)`` blocks before
                                    ``step()`` (``mc_samples`` says how many to expect)
     :math:`r`                      ``clip_radius``
     ============================  ==========================================================
 
     ``debias=False`` drops :math:`1-\beta_1^t`; ``rescale_lr=False`` uses :math:`\alpha=\eta`.
+    Which :math:`\delta`: IVON's is per example (``ivon-opt``'s convention), the other optimizers'
+    ``prior_precision`` is the whole data set's, :math:`N\delta`; :meth:`rule_parameters` reports
+    :math:`(\rho, N, N\delta)` like theirs. The update is the one diagonal-Gaussian kernel
+    (:func:`blrlib.optim.kernels.diag_gaussian_step`: Price or Gauss-Newton curvature, the positivity
+    correction, momentum on the data gradient, clipping), run with ``torch._foreach_*`` kernels.
 
     Protocol (the same as ``ivon-opt``)::
 
@@ -279,7 +286,7 @@ class IVON(RuleOptimizer):
     def _work_for(self, p: Tensor, group: dict) -> dict:
         r"""Noise, saved-mean and ``rsd`` buffers of ``p``, allocated once.
 
-        ``rsd`` caches :math:`r = 1/\sqrt{h+\delta}` (so :math:`\sigma = r/\sqrt{\lambda}`); it only
+        ``rsd`` caches :math:`r = 1/\sqrt{h+\delta}` (so :math:`\sigma = r/\sqrt{N}`); it only
         changes in ``step()``, so sampling costs no extra pass. ``ess`` enters as a scalar.
         """
         w = self._work.get(p)
@@ -670,11 +677,11 @@ class IVON(RuleOptimizer):
     # ------------------------------------------------------------------ read-outs
     @torch.no_grad()
     def posterior_std(self) -> list:
-        r"""Posterior standard deviation :math:`\sigma = 1/\sqrt{\lambda(h+\delta)}` per parameter.
+        r"""Posterior standard deviation :math:`\sigma = 1/\sqrt{N(h+\delta)}` per parameter.
 
         Returns a list of tensors aligned with ``[p for g in opt.param_groups for p in g["params"]]``
         (for a single group: with ``list(model.parameters())``). Parameters that were never
-        updated report the prior-initialised value :math:`1/\sqrt{\lambda(h_0+\delta)}`.
+        updated report the prior-initialised value :math:`1/\sqrt{N(h_0+\delta)}`.
         """
         out = []
         for group in self.param_groups:
@@ -695,8 +702,8 @@ class IVON(RuleOptimizer):
 
         Keys: ``name`` (from ``names``, e.g. ``[n for n, _ in model.named_parameters()]``,
         else ``"group{i}.param{j}"``), ``group``, ``numel``, ``steps``, ``sigma_mean``,
-        ``sigma_min``, ``sigma_max``, ``sigma_init`` (the starting :math:`1/\sqrt{\lambda(h_0+\delta)}`),
-        ``sigma_prior`` (the prior's :math:`1/\sqrt{\lambda\delta}`, infinite when :math:`\delta = 0`),
+        ``sigma_min``, ``sigma_max``, ``sigma_init`` (the starting :math:`1/\sqrt{N(h_0+\delta)}`),
+        ``sigma_prior`` (the prior's :math:`1/\sqrt{N\delta}`, infinite when :math:`\delta = 0`),
         ``hess_mean``, ``hess_rel_change`` (mean of :math:`|h-h_0|/h_0`) and
         ``frac_moved`` (fraction of entries whose :math:`h` moved more than 10 % from
         :math:`h_0`), ``hess_drift`` (:math:`h^{\mathrm{drift}}_t`, what :math:`h` would be after
@@ -758,3 +765,16 @@ class IVON(RuleOptimizer):
         return h
 
     # ------------------------------------------------------------------ checkpoints
+
+
+def _append_ranges(cls, ranges, defaults) -> None:
+    """Append the declared ranges (the ones the validator checks) to a class docstring."""
+    table = document_ranges(ranges, defaults)
+    cls.__doc__ = (cls.__doc__ or "") + (
+        "\n    Hyperparameter ranges (declared once in ``RANGES``; checked on construction, for every param\n"
+        "    group and on ``load_state_dict``):\n\n" + "\n".join("    " + line for line in table.splitlines()) + "\n"
+    )
+
+
+_append_ranges(IVON, IVON_RANGES, dict(hess_init=1.0, beta1=0.9, beta2=0.99999, weight_decay=1e-4, mc_samples=1,
+                                       hess_approx="price", clip_radius=math.inf, debias=True, rescale_lr=True))

@@ -469,3 +469,14 @@ class RuleRMSprop(torch.optim.Optimizer):
                     if m is not b[0]:
                         b[0].copy_(m)
         return loss
+
+
+for _cls, _ranges, _defaults in (
+    (RuleSGD, RULE_SGD_RANGES, dict(ess=1.0, prior_precision=0.0)),
+    (RuleRMSprop, {k: v for k, v in RULE_RMSPROP_RANGES.items() if k != "rho"},
+     dict(lr=1e-3, beta=None, ess=1.0, prior_precision=0.0, init_precision=1.0)),
+):
+    _cls.__doc__ = (_cls.__doc__ or "") + (
+        "\n    Hyperparameter ranges (declared once; checked on construction and for every param group):\n\n"
+        + "\n".join("    " + line for line in document_ranges(_ranges, _defaults).splitlines()) + "\n"
+    )

@@ -74,7 +74,7 @@ import torch
 from torch import Tensor
 
 from .. import _validation as _v
-from .._validation import Range, check_hyperparameters
+from .._validation import Range, check_hyperparameters, document_ranges
 from ..curvature import per_example_grads_from_losses
 from ._base import RuleOptimizer, state_dtype
 from .kernels import DiagGaussianConfig, diag_gaussian_step_foreach_
@@ -507,3 +507,14 @@ class VOGN(OGN):
                 loss = self._closure_statistics(closure, params, sums)
             total = loss if total is None else total + loss
         return total / samples
+
+
+for _cls in (OGN, VOGN):
+    _cls.__doc__ = (_cls.__doc__ or "") + (
+        "\n    Hyperparameter ranges (declared once in ``OGN_RANGES``; checked on construction, for every\n"
+        "    param group and on ``load_state_dict``):\n\n"
+        + "\n".join("    " + line for line in document_ranges(
+            {k: v for k, v in OGN_RANGES.items() if _cls is VOGN or k != "mc_samples"},
+            dict(lr=0.1, beta1=0.0, beta2=0.999, prior_precision=1.0, init_precision=None, debias=True, mc_samples=1),
+        ).splitlines()) + "\n"
+    )
