@@ -214,10 +214,14 @@ def mixture_expected_loss(X: Any, prior: MixturePrior, *, data_weight: float = 1
     if not float(data_weight) > 0:
         raise _invalid("data_weight", data_weight, "> 0")
 
+    cache = {}  # the prior as families, built once per number of components
+
     def expected_loss(mu):
         (mean_log_pi,) = mu["weights"]
         K = mean_log_pi.shape[-1]
-        prior_weights, prior_components = prior.families(K)
+        if K not in cache:
+            cache[K] = prior.families(K)
+        prior_weights, prior_components = cache[K]
         r = mu["z"][0]
         r_full = torch.cat([r, 1.0 - r.sum(-1, keepdim=True)], dim=-1)
         joint = mean_log_pi + _expected_log_gaussian(X, mu["components"])
