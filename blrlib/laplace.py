@@ -60,6 +60,7 @@ def gaussian_fixed_point(
     tol: float = 1e-12,
     num_points: int = 8,
     improved: bool = False,
+    expectations: Callable | None = None,
 ) -> FixedPointResult:
     r"""Iterate the rule from ``q0`` until the mean moves by less than ``tol`` (max-norm) or ``max_steps``.
 
@@ -67,6 +68,9 @@ def gaussian_fixed_point(
     ``method="gauss_hermite"`` takes both expectations by tensor-product Gauss–Hermite quadrature with
     ``num_points`` nodes per dimension and converges to the Gaussian variational approximation (use it for a
     few parameters only; ``improved=True`` takes the positivity-preserving step of Lin, Schmidt & Khan, 2020).
+    ``expectations(q)``, when given, replaces both: it returns the estimates of
+    :math:`\mathbb{E}_q[\nabla\bar\ell]` and :math:`\mathbb{E}_q[\nabla^2\bar\ell]` (for example
+    :func:`blrlib.inference.quadrature.gauss_hermite_glm`), and ``loss`` may be ``None``.
     """
     if method not in ("delta", "gauss_hermite"):
         raise ValueError(f"Invalid method: {method!r} (must be 'delta' or 'gauss_hermite')")
@@ -80,7 +84,9 @@ def gaussian_fixed_point(
     step = improved_blr_step if improved else blr_step
     q, change = q0, math.inf
     for k in range(1, int(max_steps) + 1):
-        if method == "delta":
+        if expectations is not None:
+            derivs = expectations(q)
+        elif method == "delta":
             derivs = delta_method(loss, q.mean, hessian_kind="full")
         else:
             from .inference.quadrature import gauss_hermite
@@ -204,7 +210,8 @@ class Laplace:
         return jac.T @ out_hess @ jac + self.prior_precision * eye
 
     # ------------------------------------------------------------------ the fit
-    def fit(self, inputs: torch.Tensor, targets: torch.Tensor, *, num_steps: int = 1, rho: float = 1.0) -> "Laplace":
+    def fit(self, inputs: torch.Tensor, targets: torch.Tensor, *, num_steps: int = 1, rho: float = 1.0,
+            assume_mode: bool = False) -> "Laplace":
         r"""Run ``num_steps`` delta-method steps of the rule from the module's weights, with step size ``rho``.
 
         Starting from :math:`m_0` = the trained weights and :math:`S_0 = \delta I`, each step is
@@ -212,6 +219,12 @@ class Laplace:
         :math:`C` the chosen curvature (full or its diagonal). With ``rho=1`` one step already gives
         :math:`S = C(m_0)`; at a minimum the mean hardly moves. Raises ``ValueError`` when the curvature is not
         positive definite (the weights are not at a minimum). Returns ``self``.
+
+        ``assume_mode=True`` treats the trained weights as the minimiser: the rule's step is taken with the
+        gradient set to zero, so the mean stays at the trained weights and only the precision moves (the usual
+        post-hoc Laplace approximation). Use it when the weights are a (nearly) converged minimum and a Newton
+        step with an approximate curvature (diagonal, Gauss–Newton) would move them far; ``gradient_norm``
+        still reports the size of the gradient that was ignored.
         """
         if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
             raise ValueError(f"Invalid num_steps: {num_steps} (must be a positive integer)")
@@ -230,8 +243,9 @@ class Laplace:
                 if self.curvature == "gauss_newton":
                     curv = self._gauss_newton(q.mean, inputs, targets)
                     curv = torch.diagonal(curv).clone() if self.hessian == "diagonal" else curv
+            gradient = torch.zeros_like(derivs.gradient) if assume_mode else derivs.gradient
             try:
-                q = blr_step(q, q.gradient_wrt_expectation(derivs.gradient, curv), rho)
+                q = blr_step(q, q.gradient_wrt_expectation(gradient, curv), rho)
             except ValueError as err:
                 if self.hessian == "full":
                     smallest = float(torch.linalg.eigvalsh(0.5 * (curv + curv.T)).min())

@@ -134,3 +134,36 @@ def test_non_positive_definite_hessian_bad_shapes_and_no_mutation():
     with pytest.raises(ValueError, match="Invalid method"):
         gaussian_fixed_point(logistic_loss(0), FullGaussian.from_mean_precision(torch.zeros(3, dtype=DT),
                                                                               torch.eye(3, dtype=DT)), method="mc")
+
+
+@pytest.mark.parametrize("prior_precision", [0.0, 2.5])
+def test_glm_quadrature_matches_tensor_product_quadrature(prior_precision):
+    from blrlib.inference.quadrature import gauss_hermite, gauss_hermite_glm
+
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(20, 2, generator=gen, dtype=DT)
+    y = torch.where(torch.rand(20, generator=gen, dtype=DT) < 0.5, 1.0, -1.0)
+    q = FullGaussian.from_mean_covariance(torch.tensor([0.3, -0.2], dtype=DT),
+                                          torch.tensor([[0.5, 0.1], [0.1, 0.3]], dtype=DT))
+    link = lambda t, a: torch.nn.functional.softplus(-t * a)  # noqa: E731
+
+    def loss(w):
+        return link(y, X @ w).sum() + 0.5 * prior_precision * w @ w
+
+    glm = gauss_hermite_glm(link, X, y, q, 80, prior_precision)
+    grid = gauss_hermite(loss, q, 40)
+    torch.testing.assert_close(glm.gradient, grid.gradient, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(glm.hessian, grid.hessian, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="Invalid targets"):
+        gauss_hermite_glm(link, X, y[:-1], q, 10)
+
+
+def test_assume_mode_keeps_the_trained_weights():
+    net = small_net(3)
+    X, y = regression_data()
+    loss_fn = lambda f, t: ((f - t) ** 2).sum() / (2 * 0.1**2)  # noqa: E731
+    weights = torch.nn.utils.parameters_to_vector(net.parameters()).detach()
+    la = Laplace(net, loss_fn, hessian="diagonal", curvature="gauss_newton").fit(X, y, assume_mode=True, rho=0.5)
+    torch.testing.assert_close(la.mean, weights, rtol=0, atol=1e-12)
+    moved = Laplace(net, loss_fn, hessian="diagonal", curvature="gauss_newton").fit(X, y)
+    assert (moved.mean - weights).abs().max() > 1e-3 and la.gradient_norm > 0
