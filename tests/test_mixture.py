@@ -300,6 +300,28 @@ def test_uncoupled_delta_is_damped_newton():
         torch.testing.assert_close(q.precisions[k], S, rtol=1e-10, atol=1e-10)
 
 
+def test_uncoupled_weight_step_is_natural_gradient_of_the_joint_entropy_objective():
+    """coupling=False: v <- v - rho F_cat^{-1} grad_v L_u, L_u = sum_k pi_k (E_k[loss] + log pi_k - H(q_k))."""
+    q = GaussianMixture.from_weights_means_precisions(
+        [0.5, 0.3, 0.2], [[-1.2], [0.1], [0.9]], torch.tensor([4.0, 2.0, 6.0], dtype=DT).reshape(3, 1, 1)
+    )
+    n, rho = 30, 0.3
+    x, w = gauss_hermite(n, 1)
+    pts = q.means + x.T / q.precisions[:, 0].sqrt()  # (K, n)
+    expected_loss = torch.stack([sum(wi * double_well(p.reshape(1)) for wi, p in zip(w, row)) for row in pts])
+    entropies = 0.5 * (1 + math.log(2 * math.pi)) - 0.5 * torch.log(q.precisions[:, 0, 0])
+
+    def objective(v):
+        log_pi = torch.log_softmax(torch.cat([v, v.new_zeros(1)]), 0)
+        return (log_pi.exp() * (expected_loss + log_pi - entropies)).sum()
+
+    v = q.log_weight_ratios
+    g = torch.autograd.functional.jacobian(objective, v)
+    F = torch.autograd.functional.hessian(lambda u: torch.log1p(u.exp().sum()), v)
+    new = mixture_blr_step(q, mixture_expectations(double_well, q, num_points=n, coupling=False), rho)
+    torch.testing.assert_close(new.log_weight_ratios, v - rho * torch.linalg.solve(F, g), rtol=1e-12, atol=1e-12)
+
+
 def test_improved_step_keeps_precisions_positive_where_plain_step_fails():
     # near Himmelblau's local maximum (-0.27, -0.92) the Hessian is negative definite
     q = GaussianMixture.from_weights_means_precisions([0.5, 0.5], [[-0.3, -0.9], [3.0, 2.0]], torch.eye(2, dtype=DT).expand(2, 2, 2))
