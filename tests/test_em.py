@@ -203,3 +203,15 @@ def test_planted_error_is_caught():
     reference = numpy_em(X, w, m, P, 2)
     with pytest.raises(AssertionError):
         np.testing.assert_allclose(history.parameters[2].means.numpy(), reference[1][1], rtol=1e-9)
+
+
+def test_log_likelihood_and_latent_message_against_numpy():
+    X, w, m, P = random_problem(12)
+    params = as_params(w, m, P)
+    log_p = np.stack([np.log(w[k]) + 0.5 * np.linalg.slogdet(P[k])[1] - np.log(2 * np.pi)
+                      - 0.5 * np.einsum("ni,ij,nj->n", X - m[k], P[k], X - m[k]) for k in range(3)], 1)
+    expected = np.log(np.exp(log_p).sum(1)).sum()
+    assert abs(float(em.log_likelihood(torch.tensor(X), params)) - expected) < 1e-10 * abs(expected)
+    q = em.initial_candidate(torch.tensor(X), params)
+    message = em.latent_message(q, torch.tensor(X))
+    np.testing.assert_allclose(message.probs.numpy(), -(log_p[:, :2] - log_p[:, 2:]), rtol=1e-12, atol=1e-12)

@@ -131,3 +131,17 @@ def test_planted_error_is_caught():
     wrong = svi.svi_step(q, torch.tensor(X[idx]), 10, prior, 0.5)  # claims the batch is all the data
     with pytest.raises(AssertionError):
         np.testing.assert_allclose(read(wrong)[1].numpy(), ref[1], rtol=1e-6)
+
+
+def test_full_data_elbo_is_the_elbo_after_a_latent_step():
+    X, _, prior, q = setup(3, seed=2)
+    Xt = torch.tensor(X)
+    full = MeanField(z=vmp.mixture_candidate(torch.full((len(X), 3), 1 / 3, dtype=DTYPE), prior)["z"],
+                     weights=q["weights"], components=q["components"])
+    full = vmp.vmp_sweep(full, vmp.mixture_expected_loss(Xt, prior), 1.0, ["z"])
+    torch.testing.assert_close(svi.full_data_elbo(q, Xt, prior), vmp.mixture_elbo(full, Xt, prior),
+                               rtol=1e-13, atol=1e-10)
+    # any other responsibilities give a lower bound that is no higher
+    other = vmp.mixture_candidate(torch.full((len(X), 3), 1 / 3, dtype=DTYPE), prior)
+    other = MeanField(z=other["z"], weights=q["weights"], components=q["components"])
+    assert float(vmp.mixture_elbo(other, Xt, prior)) < float(svi.full_data_elbo(q, Xt, prior))
