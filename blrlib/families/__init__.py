@@ -18,6 +18,7 @@ from .mean_field import MeanField
 from .normal_gamma import GaussianParameters, NormalGamma
 from .normal_wishart import NormalWishart
 from .wishart import Wishart
+from .mixture import GaussianMixture, MixtureExpectations, gauss_hermite, mixture_blr_step, mixture_expectations  # noqa: F401
 
 __all__ = [
     "ExponentialFamily",
