@@ -503,7 +503,6 @@ LINE_LENGTH_PENDING = frozenset({
     "book/deep_learning/sgd.ipynb",
     "book/deep_learning/ste_bayesbinn.ipynb",
     "book/deep_learning/uncertainty.ipynb",
-    "book/foundations/exponential_families.ipynb",
     "book/foundations/learning_as_prediction.ipynb",
 })
 
