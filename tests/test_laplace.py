@@ -167,3 +167,29 @@ def test_assume_mode_keeps_the_trained_weights():
     torch.testing.assert_close(la.mean, weights, rtol=0, atol=1e-12)
     moved = Laplace(net, loss_fn, hessian="diagonal", curvature="gauss_newton").fit(X, y)
     assert (moved.mean - weights).abs().max() > 1e-3 and la.gradient_norm > 0
+
+
+def test_fixed_point_with_custom_expectations_equals_tensor_quadrature():
+    from blrlib.inference.quadrature import gauss_hermite_glm
+
+    gen = torch.Generator().manual_seed(6)
+    X = torch.randn(25, 2, generator=gen, dtype=DT)
+    y = torch.where(torch.rand(25, generator=gen, dtype=DT) < torch.sigmoid(X @ torch.ones(2, dtype=DT)), 1.0, -1.0)
+    link = lambda t, a: torch.nn.functional.softplus(-t * a)  # noqa: E731
+    q0 = FullGaussian.from_mean_precision(torch.zeros(2, dtype=DT), torch.eye(2, dtype=DT))
+    glm = gaussian_fixed_point(None, q0, expectations=lambda q: gauss_hermite_glm(link, X, y, q, 60, 1.5),
+                               rho=0.9, tol=1e-13, max_steps=300).q
+    grid = gaussian_fixed_point(lambda w: link(y, X @ w).sum() + 0.75 * w @ w, q0, method="gauss_hermite",
+                                num_points=30, rho=0.9, tol=1e-13, max_steps=300).q
+    torch.testing.assert_close(glm.mean, grid.mean, rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(glm.covariance, grid.covariance, rtol=1e-8, atol=1e-9)
+
+
+def test_last_layer_fit_is_a_fixed_point_after_one_step():
+    net = small_net(4)
+    X, y = regression_data()
+    loss_fn = lambda f, t: ((f - t) ** 2).sum() / (2 * 0.2**2)  # noqa: E731
+    one = Laplace(net, loss_fn, prior_precision=2.0, subset="last_layer").fit(X, y)
+    damped = Laplace(net, loss_fn, prior_precision=2.0, subset="last_layer").fit(X, y, num_steps=60, rho=0.5)
+    torch.testing.assert_close(damped.mean, one.mean, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(damped.posterior.precision, one.posterior.precision, rtol=1e-9, atol=1e-9)
