@@ -84,6 +84,8 @@ def make_opt(name, model):
         return IVON(ps, lr=0.1, ess=50_000)
     if name == "blrlib-fused":
         return IVON(ps, lr=0.1, ess=50_000, fused=True)
+    if name == "blrlib-nocache":
+        return IVON(ps, lr=0.1, ess=50_000, cache_sigma=False)
     if name == "ivon-before":
         return BEFORE.IVON(ps, lr=0.1, ess=50_000)
     raise ValueError(name)
@@ -291,7 +293,7 @@ def table(rows, mem, device):
     lines.append(f"Device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {clock}. "
                  "Times in ms (medians).")
     lines.append("")
-    variants = [v for v in ("blrlib", "ivon-before", "blrlib-fused") if ("train", v) in rows[0]["ms"]]
+    variants = [v for v in ("blrlib", "blrlib-nocache", "ivon-before", "blrlib-fused") if ("train", v) in rows[0]["ms"]]
     lines.append("| MLP | batch | variant | AdamW train | ivon-opt train | blrlib train | AdamW opt | ivon-opt opt "
                  "| blrlib opt | draw | speed-up vs ivon-opt | (blrlib-AdamW)/draw | blrlib/AdamW |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -348,6 +350,8 @@ def main():
                     help="path of another blrlib package (e.g. `git archive <commit> blrlib | tar -x -C /tmp/b`, "
                          "then /tmp/b/blrlib): time its IVON, RuleRMSprop, OGN, VOGN side by side")
     ap.add_argument("--rule-only", action="store_true", help="only the RuleRMSprop/OGN/VOGN step table")
+    ap.add_argument("--no-rule", action="store_true", help="skip the RuleRMSprop/OGN/VOGN step table")
+    ap.add_argument("--nocache", action="store_true", help="also time IVON(cache_sigma=False)")
     ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
                     help="wall: perf_counter; thread: CPU time of the calling thread (with --threads 1 this "
                          "is the work done, insensitive to other processes on a loaded machine)")
@@ -365,13 +369,16 @@ def main():
     if BEFORE is not None:
         rule_methods = [x for m in rule_methods for x in (m + "-before", m)]
     rule_rows = {}
-    for size in args.sizes.split(","):
+    for size in ([] if args.no_rule else args.sizes.split(",")):
         rule_rows[size] = bench_rule(device, size, 4, rule_methods, rounds, args.reps)
         print(f"# rule {size}: {rule_rows[size]}", file=sys.stderr, flush=True)
-    print(rule_table(rule_rows, device))
+    if rule_rows:
+        print(rule_table(rule_rows, device))
     if args.rule_only:
         return
     methods = ["adamw", "blrlib"] + (["ivon-opt"] if ivon_opt is not None else [])
+    if args.nocache:
+        methods.append("blrlib-nocache")
     if BEFORE is not None:
         methods.append("ivon-before")
     if args.fused:

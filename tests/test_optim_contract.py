@@ -540,3 +540,26 @@ def test_docstring_example_runs(cls):
     assert blocks, f"{cls.__name__} has no example"
     code = "\n".join(line[4:] for line in blocks[0].splitlines())
     exec(compile(code, f"<{cls.__name__} docstring>", "exec"), {})
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("samples", [1, 2])
+def test_ivon_without_the_sigma_cache_is_the_same_optimizer(dtype, samples):
+    """cache_sigma=False (one buffer less: sigma recomputed while sampling) follows the same trajectory."""
+    X, y = data(dtype)
+    runs = []
+    for cache in (True, False):
+        model = model_(dtype)
+        opt = IVON(model.parameters(), lr=0.05, ess=N, beta2=0.99, mc_samples=samples, cache_sigma=cache,
+                   generator=torch.Generator().manual_seed(2))
+        for _ in range(4):
+            for _ in range(samples):
+                with opt.sampled_params(train=True):
+                    opt.zero_grad()
+                    F.cross_entropy(model(X), y).backward()
+            opt.step()
+        assert all(("rsd" in w and w["rsd"] is not None) == cache for w in opt._work.values())
+        runs.append(torch.cat([flat(model).double()] + [opt.state[p]["hess"].reshape(-1).double()
+                                                         for p in model.parameters()]))
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-2, atol=1e-2)
+    torch.testing.assert_close(runs[1], runs[0], **tol)

@@ -175,6 +175,11 @@ class IVON(RuleOptimizer):
       ``torch.compile`` (a C++ compiler on CPU); the first step compiles (seconds to minutes).
       Results agree with the default path to rounding, not bit for bit.
 
+    * ``cache_sigma``: if True (default) a buffer per parameter caches :math:`1/\sqrt{h+\delta}`
+      between steps, so that sampling is one fused pass (speed); with False it is recomputed while
+      sampling, with the parameter itself as work space, and the step uses the saved-mean buffer as
+      its second work buffer: one parameter-sized buffer less (memory), a few more passes per step.
+
     ``sync=True``: in data-parallel training each rank samples its own
     :math:`\theta_k`; ``step()`` averages :math:`\hat g` and the per-rank Price product
     :math:`\nabla\ell(\theta_k)\epsilon_k` (or the squared gradient) over ranks with
@@ -215,6 +220,7 @@ class IVON(RuleOptimizer):
         skip_nonfinite: bool = False,
         process_group=None,
         fused: bool = False,
+        cache_sigma: bool = True,
     ):
         defaults = dict(
             lr=lr,
@@ -241,6 +247,7 @@ class IVON(RuleOptimizer):
         if not isinstance(fused, bool):
             raise ValueError(f"Invalid fused: {fused!r} (must be True or False)")
         self.fused = fused
+        self.cache_sigma = self._check_flag("cache_sigma", cache_sigma)
         self.process_group = process_group
         self.skipped_steps = 0
         # Work buffers (never saved): noise, saved mean, cached r = 1/sqrt(h + delta), MC sums.
@@ -249,18 +256,20 @@ class IVON(RuleOptimizer):
         self._pending = False  # a train sample whose gradient is still in p.grad
         self._folded = 0  # train samples already folded into self._acc
         self._sampling = False
+        self._h_bounds: dict = {}  # carried bounds on h per plan (see _check_statistics)
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ arguments, copies
     RANGES = IVON_RANGES
     STATE_KEYS = ("momentum", "hess")
     ENGINEERING_DEFAULTS = dict(RuleOptimizer.ENGINEERING_DEFAULTS, noise_fn=None, sync=False, fused=False,
-                                process_group=None)
+                                process_group=None, cache_sigma=True)
 
     def _transient_attributes(self) -> tuple:
-        return ("_work", "_acc")
+        return ("_work", "_acc", "_h_bounds")
 
     def _reset_transient(self) -> None:
+        self._h_bounds = {}
         self._work = {}
         self._acc = {}
         self._pending = False
@@ -296,10 +305,12 @@ class IVON(RuleOptimizer):
             w = {
                 "noise": torch.empty_like(p, dtype=dt, memory_format=torch.preserve_format),
                 "mean": torch.empty_like(p, memory_format=torch.preserve_format),
-                "rsd": torch.empty_like(p, dtype=dt, memory_format=torch.preserve_format),
+                "rsd": torch.empty_like(p, dtype=dt, memory_format=torch.preserve_format) if self.cache_sigma else None,
                 "key": None,
             }
             self._work[p] = w
+        if w["rsd"] is None:
+            return w
         key = float(group["weight_decay"])
         if w["key"] != key:  # recomputed if delta changed since the last step
             if st and "hess" in st:
@@ -359,12 +370,15 @@ class IVON(RuleOptimizer):
                 else:
                     noises = [w["noise"] for w in ws]
                 means = [w["mean"] for w in ws]
-                rsds = [w["rsd"] for w in ws]
                 self._draw_(noises, group)
                 torch._foreach_copy_(means, ps)
                 touched.append((ps, means))
-                # theta = m + sigma eps, sigma = r / sqrt(ess)
-                torch._foreach_addcmul_(ps, noises, rsds, value=1.0 / math.sqrt(float(group["ess"])))
+                inv_sq = 1.0 / math.sqrt(float(group["ess"]))
+                if self.cache_sigma:
+                    # theta = m + sigma eps, sigma = r / sqrt(ess)
+                    torch._foreach_addcmul_(ps, noises, [w["rsd"] for w in ws], value=inv_sq)
+                else:
+                    self._sample_without_cache_(ps, means, noises, group, inv_sq)
         self._sampling = True
         ok = False
         try:
@@ -377,6 +391,28 @@ class IVON(RuleOptimizer):
             self._sampling = False
         if train and ok:
             self._pending = True
+
+    def _sample_without_cache_(self, ps, means, noises, group, inv_sq) -> None:
+        """theta = m + eps / sqrt(N (h + delta)), with sigma recomputed in the parameter's own storage."""
+        wd, h0 = float(group["weight_decay"]), float(group["hess_init"])
+        for p, n in zip(ps, noises):
+            st = self.state.get(p)
+            h = st.get("hess") if st else None
+            if p.dtype != n.dtype:  # 16-bit parameter, float32 statistics: a transient in float32
+                r = torch.add(h, wd) if h is not None else torch.full_like(n, h0 + wd)
+                p.add_(r.rsqrt_().mul_(n), alpha=inv_sq)
+                continue
+            if h is not None:
+                torch.add(h, wd, out=p)
+            else:
+                p.fill_(h0 + wd)
+        same = [(p, n, m) for p, n, m in zip(ps, noises, means) if p.dtype == n.dtype]
+        if same:
+            qs, ns, ms = (list(x) for x in zip(*same))
+            torch._foreach_rsqrt_(qs)  # r = 1/sqrt(h + delta)
+            torch._foreach_mul_(qs, ns)  # r eps
+            torch._foreach_mul_(qs, inv_sq)  # sigma eps
+            torch._foreach_add_(qs, ms)  # m + sigma eps
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Fold a finished Monte Carlo sample (if any) into the sums, then zero gradients."""
@@ -577,9 +613,10 @@ class IVON(RuleOptimizer):
     def _check_statistics(self, plans: list, scale: float, inv_scale: float, n_samples: int) -> Optional[str]:
         """The non-finite policy, applied to the gradients *and* the statistics, before anything changes.
 
-        One max-abs reduction per gradient and statistic (NaN/inf show up in it) and one min/max of h
-        give, in double precision, a bound on the new h and on the mean's move; ``None`` if the step is
-        safe, else what is wrong."""
+        One L2 norm per gradient and statistic (an upper bound on its largest entry, in which NaN/inf
+        show up) and one min/max of h give, in double precision, a bound on the new h and on the mean's
+        move; ``None`` if the step is safe, else what is wrong."""
+        new_bounds = []
         for group, plan in plans:
             if not plan["params"]:
                 continue
@@ -587,25 +624,35 @@ class IVON(RuleOptimizer):
             fmax = torch.finfo(dt).max / 4
             ess, wd = float(group["ess"]), float(group["weight_decay"])
             b1, b2 = float(group["beta1"]), float(group["beta2"])
-            hs = [self.state[p]["hess"] if p in self.state and "hess" in self.state[p] else None
-                  for p in plan["params"]]
-            hmax, hmin = float(group["hess_init"]), float(group["hess_init"])
-            live = [h for h in hs if h is not None]
-            if live:
-                ext = torch.stack([torch.stack(torch.aminmax(h)).double().cpu() for h in live])
-                hmin, hmax = min(hmin, float(ext[:, 0].min())) if len(live) < len(hs) else float(ext[:, 0].min()), \
-                    max(hmax, float(ext[:, 1].max())) if len(live) < len(hs) else float(ext[:, 1].max())
-            norms = torch._foreach_norm(plan["grads"] + plan["hstats"], float("inf"))
-            norms = torch.stack([x.double().cpu() for x in norms]).tolist()
-            if not all(math.isfinite(x) for x in norms):
+            hs = [self.state[p]["hess"] for p in plan["params"] if p in self.state and "hess" in self.state[p]]
+            # one reduction per tensor and one host sync: L2 norms bound the max-abs values from above
+            # (and show NaN/inf). The extremes of h are read every 16th step; in between they are
+            # carried forward as bounds (h + delta at least halves per step; h grows by at most dh).
+            key = (id(group), tuple(id(p) for p in plan["params"]))
+            carried = self._h_bounds.get(key)
+            exact = carried is None or carried[2] >= 16
+            norms = torch._foreach_norm(plan["grads"] + plan["hstats"])
+            ext = [v for h in hs for v in torch.aminmax(h)] if exact else []
+            try:
+                vals = torch.stack(list(norms) + ext).tolist()
+            except RuntimeError:  # tensors of several dtypes or devices in one group
+                vals = [float(v) for v in list(norms) + ext]
+            ng, nn_ = len(plan["grads"]), len(norms)
+            if not exact:
+                vals += [v for _ in hs for v in carried[:2]]
+            overflow = "gradient statistics so large that h or m would overflow their dtype"
+            if not all(math.isfinite(x) for x in vals[:nn_]):
+                if all(bool(torch.isfinite(t).all()) for t in plan["grads"] + plan["hstats"]):
+                    return overflow  # finite entries whose squares overflow the norm
                 return "non-finite (NaN or inf) gradient"
-            ng = len(plan["grads"])
-            gmax = max(norms[:ng]) * scale
+            h0 = float(group["hess_init"])
+            hmin = min([h0] * (len(hs) < len(plan["params"])) + vals[nn_::2]) if hs else h0
+            hmax = max([h0] * (len(hs) < len(plan["params"])) + vals[nn_ + 1 :: 2]) if hs else h0
+            gmax = max(vals[:ng]) * scale
             if plan["hstats"]:
-                smax = max(norms[ng:])
+                smax = max(vals[ng:nn_])
             else:  # compiled path: eps * g is formed in the kernel; |eps| < 8 in practice
                 smax = 8.0 * gmax / scale
-            overflow = "gradient statistics so large that h or m would overflow their dtype"
             den = hmin + wd
             if not den > 0:
                 return overflow
@@ -619,7 +666,13 @@ class IVON(RuleOptimizer):
             alpha = group["lr"] * (group["hess_init"] + wd) if group["rescale_lr"] else group["lr"]
             dm = alpha * gmax / ((1 - b1) if b1 > 0 and group["debias"] else 1.0) / (0.5 * den)
             if not (hmax + dh < fmax and dm < fmax and math.isfinite(gmax)):
+                if not exact:  # the carried bounds may be loose: decide on the exact extremes
+                    self._h_bounds.pop(key, None)
+                    return self._check_statistics([(group, plan)], scale, inv_scale, n_samples)
                 return overflow
+            new_bounds.append((key, ((hmin + wd) / 2 - wd, hmax + dh, 0 if exact else carried[2] + 1)))
+        for key, bounds in new_bounds:
+            self._h_bounds[key] = bounds
         return None
 
     @staticmethod
@@ -649,18 +702,23 @@ class IVON(RuleOptimizer):
             torch._foreach_mul_(hstats, stat_scale)
         # the r = 1/sqrt(h + delta) cache is the kernel's second work buffer: it enters holding r of the
         # sample and leaves holding h' + delta, whose rsqrt is the cache for the next sample
-        rsds = [w["rsd"] for w in works]
         means = [p if p.dtype == s["hess"].dtype else p.to(s["hess"].dtype) for p, s in zip(params, states)]
+        if self.cache_sigma:
+            rsds = [w["rsd"] for w in works]
+        else:  # the saved-mean buffer is free between the restore and the next sample
+            rsds = [w["mean"] if w["mean"].dtype == s["hess"].dtype else None for w, s in zip(works, states)]
+            rsds = [r if r is not None else torch.empty_like(s["hess"]) for r, s in zip(rsds, states)]
         diag_gaussian_step_foreach_(
             means, [s["hess"] for s in states], [s["momentum"] for s in states], grads, hstats,
-            [float(t) for t in steps], cfg, scratch=hstats, scratch2=rsds, scratch2_holds_rsqrt=True,
+            [float(t) for t in steps], cfg, scratch=hstats, scratch2=rsds, scratch2_holds_rsqrt=self.cache_sigma,
         )
         for p, m in zip(params, means):
             if m is not p:
                 p.copy_(m)
-        torch._foreach_rsqrt_(rsds)
-        for w in works:
-            w["key"] = cfg.prior_precision
+        if self.cache_sigma:
+            torch._foreach_rsqrt_(rsds)
+            for w in works:
+                w["key"] = cfg.prior_precision
 
     def _compiled_update(self, cfg, params, grads, works, states) -> None:
         """``fused=True``: the same kernel through ``torch.compile``, one call per large tensor."""
@@ -671,8 +729,9 @@ class IVON(RuleOptimizer):
             p.copy_(new.mean)
             st["hess"].copy_(new.precision)
             st["momentum"].copy_(new.momentum)
-            torch.add(st["hess"], cfg.prior_precision, out=w["rsd"]).rsqrt_()
-            w["key"] = cfg.prior_precision
+            if w["rsd"] is not None:
+                torch.add(st["hess"], cfg.prior_precision, out=w["rsd"]).rsqrt_()
+                w["key"] = cfg.prior_precision
 
     # ------------------------------------------------------------------ read-outs
     @torch.no_grad()
