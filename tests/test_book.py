@@ -389,7 +389,6 @@ GLUE_CHECK_PENDING = frozenset({
     "book/deep_learning/sgd.ipynb",
     "book/deep_learning/ste_bayesbinn.ipynb",
     "book/deep_learning/uncertainty.ipynb",
-    "book/foundations/learning_as_prediction.ipynb",
 })
 DECIMAL = re.compile(r"(?<![\w.\-^_{])-?(\d*\.\d+)(?:[eE][+-]?\d+)?(?![\w.]*\d)")
 SOLUTION_OPEN = re.compile(r"^(`{3,}|:{3,})\{solution\}")
@@ -503,7 +502,6 @@ LINE_LENGTH_PENDING = frozenset({
     "book/deep_learning/sgd.ipynb",
     "book/deep_learning/ste_bayesbinn.ipynb",
     "book/deep_learning/uncertainty.ipynb",
-    "book/foundations/learning_as_prediction.ipynb",
 })
 
 
