@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor
 
+from ._validation import check_int
+
 __all__ = [
     "probs_from_logits",
     "nll",
@@ -75,8 +77,7 @@ def reliability_bins(probs: Tensor, targets: Tensor, n_bins: int = 15) -> dict:
     :math:`n_b`, ``confidence`` (mean :math:`c_i` in the bin), ``accuracy`` (mean of
     :math:`\hat y_i = y_i`); empty bins have count 0 and NaN confidence and accuracy.
     """
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"Invalid n_bins: {n_bins} (must be an integer >= 1)")
+    n_bins = check_int("n_bins", n_bins, low=1)
     _check_probs(probs, targets)
     conf, pred = probs.double().max(1)
     correct = (pred == targets).double()
