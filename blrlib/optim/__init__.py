@@ -1,17 +1,21 @@
 """Optimizers derived from the Bayesian learning rule.
 
+* :mod:`blrlib.optim.kernels` -- the rule's step for each family, written once (diagonal Gaussian,
+  fixed-covariance Gaussian, Bernoulli), which every optimizer below and ``blr_step`` call.
 * :class:`IVON` -- improved variational online Newton (drop-in for ``ivon.IVON``).
 * :mod:`blrlib.optim.functional` -- the updates as functions of state and gradients.
 * :mod:`blrlib.optim.distributed` -- helpers for data-parallel IVON.
 * ``OGN``, ``VOGN`` (:mod:`blrlib.optim.vogn`), ``STE``, ``BayesBiNN``
   (:mod:`blrlib.optim.bayesbinn`), ``RuleSGD``, ``RuleRMSprop``
   (:mod:`blrlib.optim.teaching`) -- resolved on first access.
+* ``RuleOptimizer`` (:mod:`blrlib.optim._base`) -- what IVON, OGN/VOGN and STE/BayesBiNN share.
 """
 
 from importlib import import_module
 
-from .ivon import IVON, flat_group_noise
-from . import functional, distributed
+from . import distributed, functional, kernels
+from ._base import RuleOptimizer
+from .ivon import IVON, FlatGroupNoise, flat_group_noise
 
 _LAZY = {
     "OGN": "vogn",
@@ -22,7 +26,16 @@ _LAZY = {
     "RuleRMSprop": "teaching",
 }
 
-__all__ = ["IVON", "flat_group_noise", "functional", "distributed", *_LAZY]
+__all__ = [
+    "IVON",
+    "FlatGroupNoise",
+    "flat_group_noise",
+    "RuleOptimizer",
+    "functional",
+    "kernels",
+    "distributed",
+    *_LAZY,
+]
 
 
 def __getattr__(name):
