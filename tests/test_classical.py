@@ -48,3 +48,14 @@ def test_inputs_are_not_mutated_and_bad_arguments_raise():
         gradient_descent(lambda x: x, x0, 0.1, 2.5)
     with pytest.raises(ValueError, match="step_size must be positive"):
         newton(lambda x: x, lambda x: np.eye(2), x0, 1, step_size=0.0)
+
+
+@pytest.mark.parametrize("step_size", [0.3, 0.7])
+def test_damped_newton_contracts_by_one_minus_step_size_on_a_quadratic(step_size):
+    # x_t − x* = (1 − α)^t (x_0 − x*) for any positive-definite H.
+    hess = np.array([[3.0, 1.0], [1.0, 2.0]])
+    b = np.array([1.0, -1.0])
+    x0 = np.array([2.0, -3.0])
+    it = newton(lambda x: hess @ x - b, lambda x: hess, x0, 5, step_size=step_size)
+    x_star = np.linalg.solve(hess, b)
+    assert_allclose(it[-1] - x_star, (1 - step_size) ** 5 * (x0 - x_star), rtol=1e-12, atol=1e-14)
