@@ -268,7 +268,7 @@ def diag_gaussian_step_foreach_(
             torch._foreach_rsqrt_(r)
         if kind == "price":
             # stat = sigma hhat with sigma = r / sqrt(N): w = (hhat - s) sigma = stat - s r / sqrt(N)
-            if w is not stats:
+            if not _same_tensors(w, stats):
                 torch._foreach_copy_(w, stats)
             sq = math.sqrt(N)
             if cfg.prior_in_state and delta != 0.0:
@@ -288,7 +288,7 @@ def diag_gaussian_step_foreach_(
                 torch.add(si, off, out=ri) if off != 0.0 else ri.copy_(si)
             torch._foreach_mul_(r, N)
             torch._foreach_sqrt_(r)
-            if w is not stats:
+            if not _same_tensors(w, stats):
                 torch._foreach_copy_(w, stats)
             torch._foreach_mul_(w, r)
             if cfg.prior_in_state and delta != 0.0:
@@ -334,11 +334,16 @@ def diag_gaussian_step_foreach_(
         torch._foreach_add_(means, w, alpha=-cfg.lr)
 
 
+def _same_tensors(a, b) -> bool:
+    """True if the two lists hold the very same tensors (then no copy is needed)."""
+    return b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
 def _curvature_foreach_(w, cfg, means, precisions, grads, stats) -> None:
     """w <- the curvature statistic c (with the prior's shift where the state holds it)."""
     kind, delta = cfg.curvature, cfg.prior_precision
     if kind in ("hessian", "gauss_newton"):
-        if w is not stats:
+        if not _same_tensors(w, stats):
             torch._foreach_copy_(w, stats)
         if kind == "gauss_newton" and cfg.ess != 1.0:
             torch._foreach_mul_(w, cfg.ess)
