@@ -11,7 +11,10 @@
    when the page is read, by one section per public module of blrlib (found with
    pkgutil, so a new module is documented without editing the page), each an
    ``automodule`` with its members.
-4. Downloads that carry outputs: after the build, each notebook page's ``.ipynb``
+4. Glued NumPy scalars: NumPy 2 writes ``np.float64(0.25)`` as the text of a glued
+   ``np.float64``, which myst-nb's ``{glue:text}`` formatting (``:.3f``) cannot read;
+   the number inside is passed on instead.
+5. Downloads that carry outputs: after the build, each notebook page's ``.ipynb``
    download (``_sources/<page>.ipynb``) is replaced by the executed notebook that
    myst-nb wrote to ``_build/jupyter_execute``.
 """
@@ -22,6 +25,7 @@ import importlib
 import inspect
 import os
 import pkgutil
+import re
 import shutil
 from pathlib import Path
 
@@ -274,7 +278,27 @@ def _has_attribute(module: str, cls: str | None, target: str) -> bool:
     return any(scope is not None and hasattr(scope, name) for scope in scopes)
 
 
+# ---------------------------------------------------------------- glued NumPy scalars
+_NUMPY_SCALAR = re.compile(r"^np\.(?:float|int|uint|complex|bool)\w*\((.*)\)$", re.S)
+
+
+def _patch_glue_numpy_scalars() -> None:
+    from myst_nb.ext.glue import roles
+
+    if getattr(roles.format_plain_text, "_blr_numpy", False):
+        return
+    original = roles.format_plain_text
+
+    def format_plain_text(text, fmt_spec):
+        match = _NUMPY_SCALAR.match(text.strip())
+        return original(match.group(1) if match else text, fmt_spec)
+
+    format_plain_text._blr_numpy = True
+    roles.format_plain_text = format_plain_text
+
+
 def setup(app):
+    _patch_glue_numpy_scalars()
     app.connect("autodoc-process-docstring", _docstring_fallback, priority=900)
     app.connect("missing-reference", _resolve_short_reference)
     app.connect("config-inited", _offline_math)

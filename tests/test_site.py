@@ -71,7 +71,9 @@ FIGURE_WIDTH_PENDING = frozenset({
     "book/optimization/gradient_descent.html",
     "book/optimization/newton.html",
 })
-CODE_OVERFLOW_PENDING = FIGURE_WIDTH_PENDING
+CODE_OVERFLOW_PENDING = FIGURE_WIDTH_PENDING | {
+    "book/inference/kalman.html",
+}
 
 SITE_TEST = os.environ.get("BLR_SITE_TEST", "") == "1"
 browser_only = pytest.mark.skipif(
@@ -371,13 +373,19 @@ def probes():
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     results = {}
     try:
-        for width in WIDTHS:
-            driver.set_window_size(width, 1000)
-            for page in content_pages():
-                start = time.perf_counter()
-                driver.get(base + page)
+        # each page is loaded (and typeset) once, at the first width; the window is then
+        # narrowed and the same page measured again
+        for page in content_pages():
+            driver.set_window_size(WIDTHS[0], 1000)
+            start = time.perf_counter()
+            driver.get(base + page)
+            for width in WIDTHS:
+                if width != WIDTHS[0]:
+                    driver.set_window_size(width, 1000)
+                    driver.execute_script("return new Promise((r) => setTimeout(r, 300))")
                 res = driver.execute_async_script(PROBE)
                 res["seconds"] = round(time.perf_counter() - start, 2)
+                start = time.perf_counter()
                 results[page, width] = res
                 if page in SCREENSHOT_PAGES:
                     name = page.replace("/", "_").replace(".html", f"_{width}.png")
@@ -432,6 +440,7 @@ def test_math_typeset_without_errors(probes, page):
 @pytest.mark.parametrize("page", content_pages())
 def test_images_load_and_fit(probes, page, width):
     res = probes[page, width]
+    assert "error" not in res, res
     assert not res["broken"], f"{page}: images that did not load: {res['broken']}"
     assert res["pageOverflow"] <= 1, f"{page} at {width} px scrolls sideways by {res['pageOverflow']} px"
     wide = [img for img in res["images"] if img["right"] > width + 1]
