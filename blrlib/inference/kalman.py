@@ -99,8 +99,14 @@ def predict(q: FullGaussian, transition, transition_noise) -> FullGaussian:
     F = _matrix("transition", transition, d, d).to(q.dtype)
     Q = _matrix("transition_noise", transition_noise, d, d).to(q.dtype)
     check_symmetric_positive_definite("transition_noise", Q)
+    return _predict(q, F, Q)
+
+
+def _predict(q: FullGaussian, F: torch.Tensor, Q: torch.Tensor) -> FullGaussian:
     covariance = F @ q.covariance @ F.T + Q
-    return FullGaussian.from_mean_covariance(F @ q.mean, 0.5 * (covariance + covariance.T))
+    precision = torch.linalg.inv(0.5 * (covariance + covariance.T))
+    precision = 0.5 * (precision + precision.T)
+    return FullGaussian((precision @ (F @ q.mean), -0.5 * precision))
 
 
 def observation_gradient(observation, observation_noise, z) -> FullGaussian.ExpectationParams:
@@ -170,13 +176,24 @@ def kalman_filter(model: LinearGaussianModel, observations) -> FilterResult:
     zs = as_float_tensor("observations", observations).to(m1.dtype)
     if zs.ndim != 2 or zs.shape[1] != H.shape[0]:
         raise ValueError(f"Invalid observations: shape {tuple(zs.shape)} (must be (T, {H.shape[0]}))")
+    d, k = m1.numel(), H.shape[0]
+    for name, matrix, shape in (("transition", F, (d, d)), ("transition_noise", Q, (d, d)),
+                                ("observation", H, (k, d)), ("observation_noise", R, (k, k)),
+                                ("initial_covariance", P1, (d, d))):
+        if tuple(matrix.shape) != shape:
+            raise ValueError(f"Invalid {name}: shape {tuple(matrix.shape)} (must be {shape})")
+    check_symmetric_positive_definite("transition_noise", Q)
     q = FullGaussian.from_mean_covariance(m1, P1)
+    R_inv = torch.linalg.inv(R)
+    log_det = torch.linalg.slogdet(2.0 * math.pi * R)[1]
     filtered, predicted = [], []
     log_evidence = torch.zeros((), dtype=m1.dtype, device=m1.device)
     for t, z in enumerate(zs):
-        prior = q if t == 0 else predict(q, F, Q)
-        q = update(prior, z, H, R)
-        log_evidence = log_evidence + log_evidence_increment(prior, q, z, R)
+        prior = q if t == 0 else _predict(q, F, Q)
+        grad_mu = [a + b for a, b in zip(observation_gradient(H, R, z), _prior_gradient(prior))]
+        q = blr_step(prior, grad_mu, 1.0)  # the update: one rho = 1 step of the rule
+        log_evidence = log_evidence + (q.log_partition() - prior.log_partition() - 0.5 * z @ R_inv @ z
+                                       - 0.5 * log_det)  # log_evidence_increment, constants hoisted
         predicted.append(prior)
         filtered.append(q)
     return FilterResult(filtered, predicted, log_evidence)
