@@ -303,7 +303,8 @@ const done = arguments[arguments.length - 1];
     const fig = img.closest('figure');
     const cap = fig && fig.querySelector('figcaption .caption-number');
     out.images.push({src: img.getAttribute('src').split('/').pop(), natural: img.naturalWidth,
-                     shown: r.width, right: r.right, figure: cap ? cap.textContent.trim() : ''});
+                     shown: r.width, right: r.right, top: Math.round(r.top + window.scrollY),
+                     figure: cap ? cap.textContent.trim() : ''});
   }
   for (const pre of article.querySelectorAll('pre')) {
     if (pre.closest('.cell_output')) { continue; }
