@@ -1,7 +1,7 @@
 # The Bayesian Learning Rule: book and library.
 #
 #   make book   build the HTML book (every notebook executed, zero Sphinx warnings)
-#   make test   pytest on tests/, nbval on every notebook in book/, the warning-free book build,
+#   make test   pytest on tests/ and the warning-free book build (every notebook executed),
 #               then the browser test of the built site (headless Chromium; see test-site)
 #
 # Both create .venv and install everything the first time; later runs reuse it
@@ -25,8 +25,8 @@ TORCH_PIP_ARGS ?=
 
 # Per-cell timeout for nbval; keep equal to execute.timeout in _config.yml.
 CELL_TIMEOUT ?= 300
-# Threads per process. `make test` runs the nbval pass and the book build side by
-# side; one BLAS/OpenMP thread each keeps two cores from being oversubscribed.
+# Threads per process. The build executes one notebook per core side by side, next to
+# pytest; one BLAS/OpenMP thread each keeps the cores from being oversubscribed.
 TEST_THREADS ?= 1
 THREAD_ENV = OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
              OPENBLAS_NUM_THREADS=$(TEST_THREADS) NUMEXPR_NUM_THREADS=$(TEST_THREADS)
@@ -47,7 +47,8 @@ NOTEBOOKS = $(shell find book -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*
 
 help:
 	@echo "make book    build the HTML book into _build/html (zero warnings)"
-	@echo "make test    pytest tests/ + nbval on book/ + warning-free book build + browser test"
+	@echo "make test    pytest tests/ + warning-free book build (every notebook run) + browser test"
+	@echo "make test-nbval  nbval on every notebook in book/ (each notebook runs without error)"
 	@echo "make test-site  the browser test of an already built _build/html (headless Chromium)"
 	@echo "make venv    create $(VENV) and install blrlib[test] (done by book/test)"
 	@echo "make strip   strip outputs and execution counts from every notebook"
@@ -85,6 +86,8 @@ $(MATHJAX): package.json package-lock.json
 _book:
 	@rm -f $(BOOK_OK)
 	@$(BIN)/python -c "import matplotlib.pyplot" 2>/dev/null
+	@echo "== executing the notebooks whose code changed, one per CPU core (jupyter-cache)"
+	@$(NB_ENV) $(BIN)/python scripts/execute_notebooks.py --timeout $(CELL_TIMEOUT) $(NOTEBOOKS)
 	@echo "== jupyter-book build (every notebook executed; warnings are errors)"
 	@BLR_BOOK_OFFLINE_MATH=$(OFFLINE_MATH) $(NB_ENV) $(BIN)/jupyter-book build . -W -n --keep-going \
 	  || { echo; echo "FAILED: the book build (see the warnings above;"; \
@@ -94,12 +97,15 @@ _book:
 	@echo "The book is at: $(CURDIR)/_build/html/index.html"
 
 # ---------------------------------------------------------------- tests
-# The three parts run side by side (-j3; pytest on tests/ is short); -k lets every
-# part finish, so one run reports every failure. Output is grouped per part.
+# pytest on tests/ and the book build run side by side (-j2); -k lets both finish, so one
+# run reports every failure; output is grouped per part. The build executes every
+# notebook (a raising cell fails it), so `make test` does not run them a second time
+# under nbval: `make test-nbval` does that on its own. The browser test runs last, on
+# the built site.
 test: $(STAMP)
 	@start=$$(date +%s); \
 	status=0; \
-	$(MAKE) --no-print-directory -k -j3 --output-sync=target test-unit test-nbval test-build || status=$$?; \
+	$(MAKE) --no-print-directory -k -j2 --output-sync=target test-unit test-build || status=$$?; \
 	if [ -f $(BOOK_OK) ]; then \
 	  $(MAKE) --no-print-directory test-site || status=$$?; \
 	else \
