@@ -382,14 +382,7 @@ def test_exactly_one_bibliography_directive():
 GLUE_ALLOWED = frozenset({"1.96"})  # the 95 % normal quantile
 GLUE_EXEMPT_LINE = re.compile(r"^\s*%\s*not from a run:(.*)$", re.I)
 # Chapters whose prose numbers are still being glued; remove a chapter once it passes.
-GLUE_CHECK_PENDING = frozenset({
-    "book/deep_learning/ivon.ipynb",
-    "book/deep_learning/ogn_vogn.ipynb",
-    "book/deep_learning/rmsprop_adam.ipynb",
-    "book/deep_learning/sgd.ipynb",
-    "book/deep_learning/ste_bayesbinn.ipynb",
-    "book/deep_learning/uncertainty.ipynb",
-})
+GLUE_CHECK_PENDING: frozenset[str] = frozenset()
 DECIMAL = re.compile(r"(?<![\w.\-^_{])-?(\d*\.\d+)(?:[eE][+-]?\d+)?(?![\w.]*\d)")
 SOLUTION_OPEN = re.compile(r"^(`{3,}|:{3,})\{solution\}")
 GATED_OPEN = re.compile(r"^(`{3,}|:{3,})\{solution-start\}")
