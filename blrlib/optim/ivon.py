@@ -266,7 +266,8 @@ class IVON(RuleOptimizer):
                                 process_group=None, cache_sigma=True)
 
     def _transient_attributes(self) -> tuple:
-        return ("_work", "_acc", "_h_bounds")
+        # a process group cannot be pickled: a copy uses the default group (pass it again if needed)
+        return ("_work", "_acc", "_h_bounds", "process_group")
 
     def _reset_transient(self) -> None:
         self._h_bounds = {}
