@@ -487,15 +487,7 @@ def test_numbers_in_experiments_and_solutions_are_glued(nb_path):
 # (hidden or not) keeps its lines within that. Chapters still being wrapped are listed
 # here; their owners remove them once they pass.
 MAX_CODE_LINE = 88
-LINE_LENGTH_PENDING = frozenset({
-    "book/deep_learning/dropout.ipynb",
-    "book/deep_learning/ivon.ipynb",
-    "book/deep_learning/ogn_vogn.ipynb",
-    "book/deep_learning/rmsprop_adam.ipynb",
-    "book/deep_learning/sgd.ipynb",
-    "book/deep_learning/ste_bayesbinn.ipynb",
-    "book/deep_learning/uncertainty.ipynb",
-})
+LINE_LENGTH_PENDING: frozenset[str] = frozenset()
 
 
 def long_code_lines(cells: list[dict], limit: int = MAX_CODE_LINE) -> list[str]:
