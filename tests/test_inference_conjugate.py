@@ -132,3 +132,15 @@ def test_bad_input():
         cj.conjugate_step(_beta(1.0, 1.0), cj.bernoulli_likelihood(torch.tensor([1.0])), start=_gamma(1.0, 1.0))
     with pytest.raises(ValueError, match="Invalid likelihoods"):
         cj.stream(_beta(1.0, 1.0), [])
+
+
+@pytest.mark.parametrize("family", ["beta", "gamma"])
+def test_conjugate_loss_gradient_is_minus_prior_plus_likelihood(family):
+    if family == "beta":
+        prior, lik = _beta(2.5, 0.7), cj.bernoulli_likelihood(torch.tensor([1.0, 0.0, 1.0], dtype=DT))
+    else:
+        prior, lik = _gamma(1.5, 2.0), cj.poisson_likelihood(torch.tensor([3.0, 0.0, 4.0, 1.0], dtype=DT))
+    gradient = cj.conjugate_loss_gradient(prior, lik)
+    for g, lam0, lam_lik in zip(gradient, prior.natural_params, lik):
+        torch.testing.assert_close(g, -(lam0 + lam_lik), rtol=0, atol=0)
+    assert cj.conjugate_gradient is cj.conjugate_loss_gradient  # the old name still works

@@ -36,6 +36,7 @@ __all__ = [
     "bernoulli_likelihood",
     "poisson_likelihood",
     "linear_regression_likelihood",
+    "conjugate_loss_gradient",
     "conjugate_gradient",
     "conjugate_step",
     "stream",
@@ -90,7 +91,7 @@ def linear_regression_likelihood(X, y, noise_precision: float) -> FullGaussian.N
     return FullGaussian.NaturalParams(alpha * (X.T @ y), -0.5 * alpha * 0.5 * (gram + gram.T))
 
 
-def conjugate_gradient(prior: ExponentialFamily, likelihood_natural) -> list:
+def conjugate_loss_gradient(prior: ExponentialFamily, likelihood_natural) -> list:
     r""":math:`\nabla_\mu\mathbb{E}_q[\bar\ell] = -(\tilde\lambda + \lambda_0)` for the loss
     :math:`-\log p(\mathcal{D}\mid\theta) - \log p_0(\theta)` (the same for every :math:`q`)."""
     if not isinstance(prior, ExponentialFamily):
@@ -107,6 +108,11 @@ def conjugate_gradient(prior: ExponentialFamily, likelihood_natural) -> list:
     return out
 
 
+#: The former name of :func:`conjugate_loss_gradient` (kept so that old code keeps working; it is not the
+#: conjugate-gradient linear solver).
+conjugate_gradient = conjugate_loss_gradient
+
+
 def conjugate_step(prior: ExponentialFamily, likelihood_natural, *, start: ExponentialFamily | None = None,
                    rho: float = 1.0) -> ExponentialFamily:
     r"""One step of the rule for a conjugate model: :math:`\lambda' = (1-\rho)\lambda + \rho(\lambda_0 + \tilde\lambda)`.
@@ -117,7 +123,7 @@ def conjugate_step(prior: ExponentialFamily, likelihood_natural, *, start: Expon
     q = prior if start is None else start
     if type(q) is not type(prior):
         raise ValueError(f"Invalid start: {type(q).__name__} (must be a {type(prior).__name__} like the prior)")
-    return blr_step(q, conjugate_gradient(prior, likelihood_natural), rho)
+    return blr_step(q, conjugate_loss_gradient(prior, likelihood_natural), rho)
 
 
 def stream(prior: ExponentialFamily, likelihoods: Iterable) -> list:
