@@ -2,8 +2,10 @@ r"""The book's thesis in one table: every algorithm is the Bayesian learning rul
 
 One row per algorithm of the book: (candidate family, estimator of :math:`\nabla_\mu\E_q[\bar\ell]`,
 settings) -> the optimizer or function that implements it. Each row runs a few steps of that
-implementation and of the generic :func:`blrlib.blr_step` (or :func:`blrlib.improved_blr_step`)
-with the same estimates, and the two must agree in float64 to 1e-12. A row that used a wrong
+implementation and of the rule with the same estimates, and the two must agree in float64 to 1e-12.
+The rule's side is :func:`blrlib.blr_step` (or :func:`blrlib.improved_blr_step`), itself checked at
+every step against the natural-parameter definition written in this file (``natural_step``), which
+does not use the step kernels that ``blr_step`` shares with the optimizers. A row that used a wrong
 mapping (rho for lr, N missing, the prior in the wrong place) fails: ``test_a_planted_error_fails``
 checks that the comparison can fail.
 
@@ -68,6 +70,33 @@ def param():
     return torch.nn.Parameter(THETA0.clone())
 
 
+# ----------------------------------------------------------------------------------- the rule
+def natural_step(q, grads, rho):
+    """The rule in natural parameters, written here from its definition and independent of the step
+    kernels that blr_step shares with the optimizers: lambda' = lambda - rho (grad - grad_mu H(q))."""
+    ent = q.entropy_gradient_expectation()
+    return q._replace(q.NaturalParams(*(lam - rho * (g - e) for lam, g, e in zip(q.natural_params, grads, ent))))
+
+
+def natural_improved_step(q, grads, rho):
+    """The improved rule (Lin, Schmidt & Khan 2020) for a diagonal Gaussian, in natural parameters:
+    S' = (1 - rho) S + rho H + rho^2/2 (S - H)^2 / S, (S m)' = S' m - rho (g_mu1 + H m), H = 2 g_mu2."""
+    s, m = q.precision, q.mean
+    h = 2.0 * grads[1]
+    s_new = (1 - rho) * s + rho * h + 0.5 * rho**2 * (s - h) ** 2 / s
+    return q._replace(q.NaturalParams(s_new * m - rho * (grads[0] + h * m), -0.5 * s_new))
+
+
+def rule(q, grads, rho, improved=False):
+    """One step of the rule: blrlib's blr_step / improved_blr_step, checked against the natural-parameter
+    definition above at 1e-12, and the latter returned (so a wrong kernel cannot agree with itself)."""
+    ours = (blrlib.improved_blr_step if improved else blrlib.blr_step)(q, grads, rho)
+    ref = (natural_improved_step if improved else natural_step)(q, grads, rho)
+    for a, b in zip(ours.natural_params, ref.natural_params):
+        torch.testing.assert_close(a, b, **TOL)
+    return ref
+
+
 # ----------------------------------------------------------------------------------- the rows
 def row_gradient_descent():
     """Fixed-covariance Gaussian, delta method, rho sigma^2 = lr: gradient descent."""
@@ -75,7 +104,7 @@ def row_gradient_descent():
     ours = classical.gradient_descent(grad(total), THETA0.clone(), lr, STEPS)[-1]
     q = blrlib.FixedCovarianceGaussian.from_mean(THETA0, variance=lr / RHO)
     for _ in range(STEPS):
-        q = blrlib.blr_step(q, (grad(total)(q.mean),), RHO)
+        q = rule(q, (grad(total)(q.mean),), RHO)
     return ours, q.mean
 
 
@@ -84,14 +113,14 @@ def row_newton():
     ours = classical.newton(grad(total), hessian(total), THETA0.clone(), STEPS)[-1]
     q = blrlib.FullGaussian.from_mean_precision(THETA0, torch.eye(D, dtype=DT))
     for _ in range(STEPS):
-        q = blrlib.blr_step(q, q.gradient_wrt_expectation(grad(total)(q.mean), hessian(total)(q.mean)), 1.0)
+        q = rule(q, q.gradient_wrt_expectation(grad(total)(q.mean), hessian(total)(q.mean)), 1.0)
     return ours, q.mean
 
 
 def _fixed_cov_rule(variance):
     q = blrlib.FixedCovarianceGaussian.from_mean(THETA0, variance=variance)
     for _ in range(STEPS):
-        q = blrlib.blr_step(q, (N * grad(mean_loss)(q.mean) + DELTA * q.mean,), RHO)
+        q = rule(q, (N * grad(mean_loss)(q.mean) + DELTA * q.mean,), RHO)
     return q.mean
 
 
@@ -124,7 +153,7 @@ def row_dropout():
         g_m = mask * grad(mean_loss)(mask * m)
         m = dropout_rule_step(m, g_m, rho=RHO, variance=0.01, keep_prob=p_keep, ess=N, prior_precision=DELTA)
         gq = mask * grad(mean_loss)(mask * q.mean)
-        q = blrlib.blr_step(q, ((N / p_keep) * gq + DELTA * q.mean,), RHO)
+        q = rule(q, ((N / p_keep) * gq + DELTA * q.mean,), RHO)
     return m, q.mean
 
 
@@ -132,10 +161,9 @@ def _diag_rule(s0, curvature, improved=False, sampler=None):
     """blr_step (or improved_blr_step) on a diagonal Gaussian with gradient N g + delta m and the
     given Hessian estimate curvature(m, s) (Bonnet/Price estimates when ``sampler`` gives theta)."""
     q = blrlib.DiagonalGaussian.from_mean_precision(THETA0, torch.full((D,), s0, dtype=DT))
-    step = blrlib.improved_blr_step if improved else blrlib.blr_step
     for t in range(STEPS):
         g, h = curvature(q.mean, q.precision, t)
-        q = step(q, q.gradient_wrt_expectation(g, h), RHO)
+        q = rule(q, q.gradient_wrt_expectation(g, h), RHO, improved=improved)
     return q
 
 
@@ -248,7 +276,7 @@ LAM0 = 0.2 * torch.arange(-2, D - 2, dtype=DT)
 def _bernoulli_rule(estimate):
     q = blrlib.Bernoulli((LAM0.clone(),), support=(-1.0, 1.0))
     for t in range(STEPS):
-        q = blrlib.blr_step(q, (estimate(q.natural_params[0], t),), RHO)
+        q = rule(q, (estimate(q.natural_params[0], t),), RHO)
     return q.natural_params[0]
 
 
@@ -319,6 +347,6 @@ def test_a_planted_error_fails():
     ours, _ = row_rule_sgd_class()
     q = blrlib.FixedCovarianceGaussian.from_mean(THETA0, variance=0.01)
     for _ in range(STEPS):
-        q = blrlib.blr_step(q, (N * grad(mean_loss)(q.mean) + DELTA * q.mean,), RHO / 2)
+        q = natural_step(q, (N * grad(mean_loss)(q.mean) + DELTA * q.mean,), RHO / 2)
     with pytest.raises(AssertionError):
         torch.testing.assert_close(ours.detach(), q.mean, **TOL)
