@@ -169,10 +169,11 @@ class IVON(RuleOptimizer):
       :math:`\bar g` are left untouched.
     * ``process_group``: the group used when ``sync=True`` (default: the world).
     * ``fused``: if True, the common step (``"price"``, one sample, no clipping, no
-      ``sync``, no pending GradScaler scale) runs as one ``torch.compile``'d elementwise
-      kernel per tensor (tensors of at least ``IVON.FUSED_MIN_NUMEL`` entries) instead of
-      ~10 ``torch._foreach_*`` passes. Needs a working
-      ``torch.compile`` (a C++ compiler on CPU); the first step compiles (seconds to minutes).
+      ``sync``, no pending GradScaler scale) runs the shared kernel through ``torch.compile``
+      (:func:`blrlib.optim.kernels.diag_gaussian_step_compiled`, one call per tensor of at least
+      ``IVON.FUSED_MIN_NUMEL`` entries) instead of ~10 ``torch._foreach_*`` passes. Needs a working
+      ``torch.compile`` (a C++ compiler on CPU); the first step compiles (seconds to minutes), and a
+      scheduler that changes ``lr`` every step makes it recompile (the scalars are specialised).
       Results agree with the default path to rounding, not bit for bit.
 
     * ``cache_sigma``: if True (default) a buffer per parameter caches :math:`1/\sqrt{h+\delta}`
