@@ -155,6 +155,9 @@ def test_pack_unpack_round_trip():
         (lambda X, p, q, qz: em.m_step(MeanField(z=qz, theta=q), X, rho=1.5), "Invalid rho"),
         (lambda X, p, q, qz: em.m_step(MeanField(z=qz, theta=q), X, tol=0.0), "Invalid tol"),
         (lambda X, p, q, qz: em.m_step(MeanField(z=qz, theta=q), X, max_steps=0), "Invalid max_steps"),
+        (lambda X, p, q, qz: em.m_step(MeanField(z=qz, theta=q), X, strict=1), "Invalid strict"),
+        (lambda X, p, q, qz: em.run_em(X, p, 1, e_rho=0.0), "Invalid rho"),
+        (lambda X, p, q, qz: em.run_em(X, p, 1, m_rho=float("nan")), "Invalid rho"),
         (lambda X, p, q, qz: em.m_step(MeanField(z=qz), X), "Invalid q"),
         (lambda X, p, q, qz: em.latent_message(MeanField(z=qz, theta=qz), X), "Invalid q\\['theta'\\]"),
         (lambda X, p, q, qz: em.pack(em.MixtureParameters(p.weights * 2, p.means, p.precisions)), "Invalid weights"),
@@ -215,3 +218,31 @@ def test_log_likelihood_and_latent_message_against_numpy():
     q = em.initial_candidate(torch.tensor(X), params)
     message = em.latent_message(q, torch.tensor(X))
     np.testing.assert_allclose(message.probs.numpy(), -(log_p[:, :2] - log_p[:, 2:]), rtol=1e-12, atol=1e-12)
+
+
+def test_run_em_damped_e_step_matches_hand_loop():
+    """run_em(e_rho=0.5, m_rho=0.7) is e_step(rho=0.5) then m_step(rho=0.7) from initial_candidate."""
+    X, w, m, P = random_problem(12)
+    X = torch.tensor(X)
+    params = as_params(w, m, P)
+    history = em.run_em(X, params, 4, e_rho=0.5, m_rho=0.7)
+    q = em.initial_candidate(X, params)
+    for t in range(4):
+        q = em.m_step(em.e_step(q, X, rho=0.5), X, rho=0.7).q
+        for a, b in zip(history.parameters[t + 1], em.unpack(q["theta"].mean, 3, 2)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    plain = em.run_em(X, params, 4)  # and it is not plain EM
+    assert not torch.allclose(plain.parameters[-1].means, history.parameters[-1].means, rtol=1e-6)
+
+
+def test_m_step_non_strict_returns_after_max_steps():
+    """strict=False, max_steps=1: one safeguarded step (precisions stay positive definite), no error."""
+    X, w, m, P = random_problem(11)
+    X = torch.tensor(X)
+    q = em.e_step(em.initial_candidate(X, as_params(w, m, P)), X)
+    result = em.m_step(q, X, rho=0.5, max_steps=1, strict=False)
+    assert result.num_steps == 1
+    one = em.m_step(q, X, rho=0.5, max_steps=1, strict=False).q["theta"].mean
+    full = em.m_step(q, X).q["theta"].mean
+    assert float((one - full).abs().max()) > 1e-3  # one step is not the fixed point
+    assert bool((torch.linalg.eigvalsh(em.unpack(one, 3, 2).precisions) > 0).all())

@@ -115,6 +115,9 @@ def test_run_svi_records_elbo_and_improves():
         (lambda q, X, p: svi.svi_step(q, X, 300, p, 1.5), "Invalid rho"),
         (lambda q, X, p: svi.run_svi(q, X, p, 0, 1), "Invalid batch_size"),
         (lambda q, X, p: svi.run_svi(q, X, p, 10, -1), "Invalid num_epochs"),
+        (lambda q, X, p: svi.svi_step(q, X.to(torch.int64), 300, p, 0.5), "Invalid X_batch"),
+        (lambda q, X, p: svi.run_svi(q, X, p, 10, 1, kappa=0.3), "Invalid kappa"),
+        (lambda q, X, p: svi.run_svi(q, X, p._replace(dof=0.5), 10, 1), "Invalid dof"),
     ],
 )
 def test_bad_input(call, match):

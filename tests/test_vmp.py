@@ -202,11 +202,60 @@ def test_bad_input(call, match):
 
 
 def test_planted_sign_error_is_caught():
-    """The Bishop comparison fails if the message's sign is flipped (a Gamma with a negative rate is refused)."""
+    """A flipped message sign is refused at the first block: the Gaussian's precision -(kappa0 + N) E[tau] < 0."""
     x = np.random.default_rng(0).normal(1.0, 2.0, 15)
     q = MeanField(mean=DiagonalGaussian.from_mean_precision(torch.zeros(1, dtype=DTYPE), torch.ones(1, dtype=DTYPE)),
                   precision=Gamma.from_shape_rate(torch.tensor(2.0, dtype=DTYPE), torch.tensor(4.0, dtype=DTYPE)))
     loss = vmp.normal_expected_loss(torch.tensor(x), 0.0, 1.0, 2.0, 1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="block 'mean'"):
         vmp.vmp_sweep(q, lambda mu: -loss(mu))
     assert math.isfinite(float(vmp.vmp_sweep(q, loss)["precision"].rate))
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(concentration=0.0), "Invalid concentration"),
+        (dict(beta=-1.0), "Invalid beta"),
+        (dict(dof=1.0), "Invalid dof"),  # must be > d - 1 = 1
+        (dict(scale_inv=-torch.eye(2, dtype=DTYPE)), "Invalid scale_inv"),
+        (dict(scale_inv=torch.eye(3, dtype=DTYPE)), "Invalid scale_inv shape"),
+        (dict(loc=torch.tensor([0.0, float("nan")], dtype=DTYPE)), "Invalid loc"),
+    ],
+)
+def test_mixture_prior_is_checked(changes, match):
+    good = vmp.MixturePrior(0.5, torch.zeros(2, dtype=DTYPE), 1.0, torch.eye(2, dtype=DTYPE), 1.5)
+    assert good.check() is good
+    bad = good._replace(**changes)
+    with pytest.raises(ValueError, match=match):
+        vmp.mixture_expected_loss(torch.ones(4, 2, dtype=DTYPE), bad)
+    with pytest.raises(ValueError, match=match):
+        vmp.mixture_candidate(torch.full((4, 3), 1 / 3, dtype=DTYPE), bad)
+
+
+def test_prior_families_are_cached_per_prior_object():
+    """Two priors with different values never share the cached families."""
+    a = vmp.MixturePrior(0.5, torch.zeros(1, dtype=DTYPE), 1.0, torch.eye(1, dtype=DTYPE), 2.0)
+    b = a._replace(concentration=3.0)
+    fa = vmp._prior_families(a, 2, DTYPE, torch.device("cpu"))
+    assert vmp._prior_families(a, 2, DTYPE, torch.device("cpu")) is fa
+    fb = vmp._prior_families(b, 2, DTYPE, torch.device("cpu"))
+    torch.testing.assert_close(fb[0].concentration, torch.full((2,), 3.0, dtype=DTYPE))
+    torch.testing.assert_close(fa[0].concentration, torch.full((2,), 0.5, dtype=DTYPE))
+
+
+def test_poisson_ncvmp_step_alias_and_unchecked_path():
+    """ncvmp_step is poisson_ncvmp_step; check=False gives the same step; the iterates stay positive definite."""
+    assert vmp.ncvmp_step is vmp.poisson_ncvmp_step
+    gen = torch.Generator().manual_seed(3)
+    X = torch.cat([torch.ones(8, 1, dtype=DTYPE), torch.randn(8, 1, generator=gen, dtype=DTYPE)], 1)
+    y = torch.tensor([0.0, 1, 0, 0, 2, 0, 0, 1], dtype=DTYPE)
+    P = 0.3 * torch.eye(2, dtype=DTYPE)
+    qa = qb = FullGaussian.from_mean_precision(torch.zeros(2, dtype=DTYPE), torch.eye(2, dtype=DTYPE))
+    for _ in range(20):
+        qa = vmp.poisson_ncvmp_step(qa, X, y, P, 0.8)
+        qb = vmp.poisson_ncvmp_step(qb, X, y, P, 0.8, check=False)
+        assert float(torch.linalg.eigvalsh(qa.precision).min()) >= 0.3 - 1e-12  # H >= P0
+    torch.testing.assert_close(qa.mean, qb.mean, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="Invalid prior_precision"):
+        vmp.poisson_ncvmp_step(qa, X, y, -P)

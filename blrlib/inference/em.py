@@ -17,7 +17,9 @@ the parameters.
   :math:`r_n`, with per-category losses :math:`\ell_{nk} = -\log p(x_n, k\mid m)`, so
   :math:`\nabla_\mu\mathbb{E}_q[\bar\ell] = (\ell_{nk} - \ell_{nK})_{k<K}` and :math:`\rho = 1` gives
   :math:`r_{nk}\propto p(x_n, k\mid m)`: the responsibilities, in one exact step. :math:`\rho < 1` averages
-  the log-odds :math:`\log(r_{nk}/r_{nK})` over iterations (a damped, incremental E-step).
+  the log-odds :math:`\log(r_{nk}/r_{nK})` over iterations (a *damped* E-step; neither Neal & Hinton's
+  incremental EM, which is :math:`\rho = 1` on a subset of the latent block, nor Cappé & Moulines' online
+  EM, which averages the expected statistics, i.e. the expectation parameters :math:`\mu`).
 * **M-step** (:func:`m_step`): the parameter block. Under the delta method the step is
   :math:`S \leftarrow (1-\rho)S + \rho\nabla^2 Q(m)`, :math:`m \leftarrow m - \rho S^{-1}\nabla Q(m)`, a
   (damped) Newton step on :math:`Q(\theta) = \mathbb{E}_{q(z)}[\bar\ell(z, \theta)]`. One step is exact only
@@ -43,9 +45,9 @@ The product is a :class:`~blrlib.families.MeanField` with blocks ``"z"`` (a
 
 API: :class:`MixtureParameters` (weights, means, precisions), :func:`pack`, :func:`unpack`,
 :func:`log_joint` (:math:`\log p(x_n, k\mid\theta)`, shape ``(N, K)``), :func:`log_likelihood`,
-:func:`mixture_statistics` and :func:`expected_complete_loss` (:math:`Q`), :func:`initial_candidate`, :func:`latent_message`, :func:`e_step`, :func:`m_step` (returns an
-:class:`MStepResult`), :func:`run_em` (returns an
-:class:`EMHistory`).
+:func:`mixture_statistics` and :func:`expected_complete_loss` (:math:`Q`), :func:`initial_candidate`,
+:func:`latent_message`, :func:`e_step`, :func:`m_step` (returns an :class:`MStepResult`), :func:`run_em`
+(returns an :class:`EMHistory`). Scalar arguments are checked with :mod:`blrlib._validation`.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .._validation import check_bool, check_int, check_real, check_rho
 from ..estimators import expectation_gradient
 from ..families import Categorical, FullGaussian, MeanField
 from ..rule import blr_step
@@ -81,19 +84,8 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _invalid(name: str, value: Any, must: str) -> ValueError:
+    # for non-scalar arguments (shapes, types); scalars go through blrlib._validation
     return ValueError(f"Invalid {name}: {value} (must be {must})")
-
-
-def _check_rho(name: str, rho: Any) -> float:
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (0.0 < float(rho) <= 1.0):
-        raise _invalid(name, rho, "a real number in (0, 1]")
-    return float(rho)
-
-
-def _check_count(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise _invalid(name, value, f"an integer >= {low}")
-    return value
 
 
 def _check_data(X: Any) -> torch.Tensor:
@@ -273,7 +265,7 @@ def e_step(q: MeanField, X: Any, rho: float = 1.0) -> MeanField:
     With ``rho = 1`` the block becomes the responsibilities
     :math:`r_{nk}\propto \pi_k\mathcal{N}(x_n\mid\mu_k,\Lambda_k^{-1})` at the mean of :math:`q(\theta)`,
     whatever it was; with ``rho < 1`` its log-odds move a fraction ``rho`` of the way there."""
-    rho = _check_rho("rho", rho)
+    rho = check_rho(rho)
     return blr_step(q, {"z": latent_message(q, X)}, rho)
 
 
@@ -293,6 +285,7 @@ def m_step(
     *,
     tol: float = 1e-10,
     max_steps: int = 100,
+    strict: bool = True,
 ) -> MStepResult:
     r"""The rule's steps on the parameter block ``"theta"``, iterated to the M-step's fixed point.
 
@@ -300,12 +293,14 @@ def m_step(
     :math:`S \leftarrow (1-\rho)S + \rho\nabla^2Q(m)`, :math:`m \leftarrow m - \rho S^{-1}\nabla Q(m)`, with
     :math:`Q` built from the responsibilities of block ``"z"``. If a step would leave
     :math:`\Lambda_k\succ 0`, its :math:`\rho` is halved until it does not. Stops when
-    :math:`\max|\Delta m| \le \mathrm{tol}\,(1 + \max|m|)`, or raises ``ValueError`` after ``max_steps``."""
+    :math:`\max|\Delta m| \le \mathrm{tol}\,(1 + \max|m|)`, or after ``max_steps``: then it raises
+    ``ValueError`` if ``strict`` (the default), and otherwise returns the last ``q``. ``max_steps=1,
+    strict=False`` is one safeguarded rule step per M-step, the gradient EM of Lange (1995)."""
     X = _check_data(X)
-    rho = _check_rho("rho", rho)
-    max_steps = _check_count("max_steps", max_steps, 1)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (tol > 0):
-        raise _invalid("tol", tol, "a positive real number")
+    rho = check_rho(rho)
+    max_steps = check_int("max_steps", max_steps, low=1)
+    tol = check_real("tol", tol, low=0.0, low_open=True)
+    strict = check_bool("strict", strict)
     K, d = _check_blocks(q, X)
     stats = mixture_statistics(X, q["z"].probs.detach())
 
@@ -327,6 +322,8 @@ def m_step(
         q = new
         if change <= tol * (1.0 + float(q["theta"].mean.abs().max())):
             return MStepResult(q, step, halved)
+    if not strict:
+        return MStepResult(q, max_steps, halved)
     raise ValueError(f"m_step did not converge in max_steps={max_steps} steps (last change {change:.3e})")
 
 
@@ -355,7 +352,8 @@ def run_em(
     Starts from :func:`initial_candidate`. With the defaults, iteration :math:`t` equals iteration
     :math:`t` of textbook EM from ``init``."""
     X = _check_data(X)
-    num_iterations = _check_count("num_iterations", num_iterations, 0)
+    num_iterations = check_int("num_iterations", num_iterations, low=0)
+    e_rho, m_rho = check_rho(e_rho), check_rho(m_rho)
     q = initial_candidate(X, init)
     K, d = _check_blocks(q, X)
     parameters = [unpack(q["theta"].mean, K, d)]

@@ -17,7 +17,12 @@ SVI step on a minibatch :math:`B` of the :math:`N` data points is two rule steps
 The step index :math:`t` starts at 1, so the first step size is :math:`(\tau_0 + 1)^{-\kappa}` (the
 convention of scikit-learn's online LDA).
 
-API: :func:`step_size`, :func:`svi_step`, :func:`run_svi` (returns an :class:`SVIHistory`).
+For latent Dirichlet allocation, :func:`lda_local_step` is the local iterations and :func:`lda_svi_step`
+one SVI step, with :func:`asymptotic_digamma` to match scikit-learn's online LDA.
+
+API: :func:`step_size`, :func:`svi_step`, :func:`full_data_elbo`, :func:`run_svi` (returns an
+:class:`SVIHistory`), :func:`asymptotic_digamma`, :class:`LDALocal`, :func:`lda_local_step`,
+:func:`lda_svi_step`. Scalar arguments are checked with :mod:`blrlib._validation`.
 """
 
 from __future__ import annotations
@@ -26,26 +31,30 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .._validation import check_int, check_real, check_rho
 from ..families import Categorical, MeanField
-from .vmp import MixturePrior, mixture_elbo, mixture_expected_loss, vmp_sweep
+from .vmp import MixturePrior, _check_mixture_data, _invalid, mixture_elbo, mixture_expected_loss, vmp_sweep
 
-__all__ = ["step_size", "svi_step", "SVIHistory", "run_svi"]
-
-
-def _invalid(name: str, value: Any, must: str) -> ValueError:
-    return ValueError(f"Invalid {name}: {value} (must be {must})")
+__all__ = [
+    "step_size",
+    "svi_step",
+    "SVIHistory",
+    "full_data_elbo",
+    "run_svi",
+    "asymptotic_digamma",
+    "LDALocal",
+    "lda_local_step",
+    "lda_svi_step",
+]
 
 
 def step_size(t: int, tau0: float = 1.0, kappa: float = 0.7) -> float:
     r""":math:`\rho_t = (\tau_0 + t)^{-\kappa}`, with :math:`t \ge 1`, :math:`\tau_0 \ge 0` and
     :math:`\kappa\in(0.5, 1]` (the Robbins–Monro conditions)."""
-    if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-        raise _invalid("t", t, "an integer >= 1")
-    if not float(tau0) >= 0:
-        raise _invalid("tau0", tau0, ">= 0")
-    if not 0.5 < float(kappa) <= 1.0:
-        raise _invalid("kappa", kappa, "in (0.5, 1]")
-    return float((float(tau0) + t) ** (-float(kappa)))
+    t = check_int("t", t, low=1)
+    tau0 = check_real("tau0", tau0, low=0.0)
+    kappa = check_real("kappa", kappa, low=0.5, high=1.0, low_open=True)
+    return float((tau0 + t) ** (-kappa))
 
 
 def svi_step(q_global: MeanField, X_batch: Any, num_data: int, prior: MixturePrior, rho: float) -> MeanField:
@@ -56,13 +65,16 @@ def svi_step(q_global: MeanField, X_batch: Any, num_data: int, prior: MixturePri
     :math:`\lambda_g \leftarrow (1-\rho)\lambda_g - \rho\nabla_{\mu_g}\mathbb{E}_q[\bar\ell_B]` with
     :math:`\bar\ell_B` = (:math:`N/|B|`) × the minibatch's data loss + the prior's. Returns the new global
     blocks."""
-    X_batch = torch.as_tensor(X_batch)
+    X_batch = _check_mixture_data(X_batch, "X_batch")
     if not isinstance(q_global, MeanField) or set(q_global.names) != {"weights", "components"}:
         raise _invalid("q_global", repr(q_global), 'a MeanField with blocks "weights" and "components"')
-    if X_batch.ndim != 2 or X_batch.shape[0] < 1:
-        raise _invalid("X_batch shape", tuple(X_batch.shape), "(B, d) with B >= 1")
-    if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < X_batch.shape[0]:
-        raise _invalid("num_data", num_data, f"an integer >= the batch size {X_batch.shape[0]}")
+    num_data = check_int("num_data", num_data, low=X_batch.shape[0])
+    rho = check_rho(rho)
+    return _svi_step(q_global, X_batch, num_data, prior, rho)
+
+
+def _svi_step(q_global, X_batch, num_data, prior, rho):
+    # the two rule steps of svi_step, arguments already checked; the prior's families are cached in vmp
     K = q_global["weights"].concentration.shape[-1]
     z = Categorical.from_logits(torch.zeros(X_batch.shape[0], K, dtype=X_batch.dtype, device=X_batch.device))
     q = MeanField(z=z, weights=q_global["weights"], components=q_global["components"])
@@ -85,15 +97,13 @@ class SVIHistory(NamedTuple):
 def full_data_elbo(q_global: MeanField, X: Any, prior: MixturePrior) -> torch.Tensor:
     r"""The ELBO on the whole data set with the responsibilities set optimally (one :math:`\rho = 1` step)
     for the given global blocks."""
-    X = torch.as_tensor(X)
+    X = _check_mixture_data(X)
     K = q_global["weights"].concentration.shape[-1]
     z = Categorical.from_logits(torch.zeros(X.shape[0], K, dtype=X.dtype, device=X.device))
     q = MeanField(z=z, weights=q_global["weights"], components=q_global["components"])
     q = vmp_sweep(q, mixture_expected_loss(X, prior), 1.0, ["z"])
     return mixture_elbo(q, X, prior)
 
-
-__all__.append("full_data_elbo")
 
 
 def run_svi(
@@ -111,14 +121,17 @@ def run_svi(
     """SVI over ``num_epochs`` passes, each over a random permutation of ``X`` cut into minibatches of
     ``batch_size`` (the last one may be smaller). ``elbo_every > 0`` records :func:`full_data_elbo`
     after every ``elbo_every`` steps (and at the start)."""
-    X = torch.as_tensor(X)
+    X = _check_mixture_data(X)
     N = X.shape[0]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= N:
+    batch_size = check_int("batch_size", batch_size, low=1)
+    if batch_size > N:
         raise _invalid("batch_size", batch_size, f"an integer in [1, {N}]")
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 0:
-        raise _invalid("num_epochs", num_epochs, "an integer >= 0")
-    if isinstance(elbo_every, bool) or not isinstance(elbo_every, int) or elbo_every < 0:
-        raise _invalid("elbo_every", elbo_every, "an integer >= 0")
+    num_epochs = check_int("num_epochs", num_epochs, low=0)
+    elbo_every = check_int("elbo_every", elbo_every, low=0)
+    step_size(1, tau0, kappa)  # checks tau0 and kappa before the first step
+    if not isinstance(q_global, MeanField) or set(q_global.names) != {"weights", "components"}:
+        raise _invalid("q_global", repr(q_global), 'a MeanField with blocks "weights" and "components"')
+    prior.check()
     step_sizes, elbo_steps, elbos = [], [], []
     if elbo_every:
         elbo_steps.append(0)
@@ -129,7 +142,7 @@ def run_svi(
         for start in range(0, N, batch_size):
             t += 1
             rho = step_size(t, tau0, kappa)
-            q_global = svi_step(q_global, X[order[start : start + batch_size]], N, prior, rho)
+            q_global = _svi_step(q_global, X[order[start : start + batch_size]], N, prior, rho)
             step_sizes.append(rho)
             if elbo_every and t % elbo_every == 0:
                 elbo_steps.append(t)
@@ -216,10 +229,8 @@ def lda_local_step(
         raise _invalid("topics", repr(topics), f"a Dirichlet with K members over {counts.shape[1]} words")
     if gamma0.shape != (counts.shape[0], topics.concentration.shape[0]):
         raise _invalid("doc_topics_start shape", tuple(gamma0.shape), f"({counts.shape[0]}, K)")
-    if not float(doc_topic_prior) > 0:
-        raise _invalid("doc_topic_prior", doc_topic_prior, "> 0")
-    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 1:
-        raise _invalid("num_iterations", num_iterations, "an integer >= 1")
+    doc_topic_prior = check_real("doc_topic_prior", doc_topic_prior, low=0.0, low_open=True)
+    num_iterations = check_int("num_iterations", num_iterations, low=1)
     mean_log_beta = _mean_log(topics.concentration, digamma)  # (K, V)
     doc = Dirichlet.from_concentration(gamma0)
     B, V = counts.shape
@@ -261,14 +272,11 @@ def lda_svi_step(
     from ..rule import blr_step
 
     counts = torch.as_tensor(counts)
-    if isinstance(num_docs, bool) or not isinstance(num_docs, int) or num_docs < counts.shape[0]:
-        raise _invalid("num_docs", num_docs, f"an integer >= the batch size {counts.shape[0]}")
-    if not float(topic_word_prior) > 0:
-        raise _invalid("topic_word_prior", topic_word_prior, "> 0")
+    num_docs = check_int("num_docs", num_docs, low=counts.shape[0])
+    topic_word_prior = check_real("topic_word_prior", topic_word_prior, low=0.0, low_open=True)
+    rho = check_rho(rho)
     local = lda_local_step(topics, counts, doc_topic_prior, doc_topics_start, num_iterations, digamma=digamma)
     stats = torch.einsum("dw,dwk->kw", counts, local.assignments.probs)
     message = -(float(topic_word_prior) - 1.0) - (num_docs / counts.shape[0]) * stats
     return blr_step(topics, (message,), rho), local
 
-
-__all__ += ["asymptotic_digamma", "LDALocal", "lda_local_step", "lda_svi_step"]

@@ -37,7 +37,10 @@ Two models are provided, each as a function that returns the expected loss:
 
 API: :func:`message`, :func:`vmp_sweep`, :func:`normal_expected_loss`, :class:`MixturePrior`,
 :func:`mixture_expected_loss`, :func:`mixture_elbo`, :func:`mixture_candidate`, :func:`run_vmp`,
-:func:`poisson_expected_loss`, :func:`poisson_log_link_message`, :func:`ncvmp_step`.
+:func:`poisson_expected_loss`, :func:`poisson_log_link_message`, :func:`poisson_ncvmp_step` (alias
+:func:`ncvmp_step`).
+
+Arguments are checked with :mod:`blrlib._validation` (``ValueError("Invalid <name>: ...")``).
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 
-from ..families import Categorical, DiagonalGaussian, Dirichlet, Gamma, MeanField, NormalWishart
+from .._validation import check_int, check_real, check_rho, check_symmetric_positive_definite
+from ..families import Categorical, DiagonalGaussian, Dirichlet, FullGaussian, Gamma, MeanField, NormalWishart
 from ..rule import blr_step
 
 __all__ = [
@@ -59,6 +63,10 @@ __all__ = [
     "mixture_elbo",
     "mixture_candidate",
     "run_vmp",
+    "poisson_expected_loss",
+    "poisson_log_link_message",
+    "poisson_ncvmp_step",
+    "ncvmp_step",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -66,13 +74,23 @@ ExpectedLoss = Callable[[Mapping[str, Any]], torch.Tensor]
 
 
 def _invalid(name: str, value: Any, must: str) -> ValueError:
+    # for non-scalar arguments (shapes, types); scalars go through blrlib._validation
     return ValueError(f"Invalid {name}: {value} (must be {must})")
 
 
-def _check_rho(name: str, rho: Any) -> float:
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (0.0 < float(rho) <= 1.0):
-        raise _invalid(name, rho, "a real number in (0, 1]")
-    return float(rho)
+def _check_spd(name: str, matrix: torch.Tensor) -> None:
+    # the shared check, its message in the common "Invalid <name>: ..." form
+    try:
+        check_symmetric_positive_definite(name, matrix)
+    except ValueError as error:
+        raise ValueError(f"Invalid {name}: {error} (must be symmetric positive definite)") from None
+
+
+def _check_block_rho(name: str, rho: Any) -> float:
+    try:
+        return check_rho(rho)
+    except ValueError:
+        raise ValueError(f"Invalid rho[{name!r}]: {rho} (must be a finite real number > 0 and <= 1)") from None
 
 
 # ====================================================================== the generic step
@@ -117,7 +135,7 @@ def vmp_sweep(
     for name in order:
         if name not in q:
             raise _invalid("order entry", repr(name), f"one of {q.names}")
-        rho_j = _check_rho(f"rho[{name!r}]", rho[name] if isinstance(rho, Mapping) else rho)
+        rho_j = _check_block_rho(name, rho[name] if isinstance(rho, Mapping) else rho)
         q = blr_step(q, {name: message(q, expected_loss, name)}, rho_j)
     return q
 
@@ -137,9 +155,9 @@ def normal_expected_loss(x: Any, loc: float, kappa: float, shape: float, rate: f
     x = torch.as_tensor(x)
     if not x.is_floating_point() or x.ndim != 1 or x.numel() < 1:
         raise _invalid("x", tuple(x.shape), "a non-empty 1-D floating tensor")
-    for name, value in (("kappa", kappa), ("shape", shape), ("rate", rate)):
-        if not float(value) > 0:
-            raise _invalid(name, value, "> 0")
+    loc = check_real("loc", loc)
+    kappa, shape, rate = (check_real(name, value, low=0.0, low_open=True)
+                          for name, value in (("kappa", kappa), ("shape", shape), ("rate", rate)))
     n, s1, s2 = x.numel(), x.sum(), (x * x).sum()
 
     def expected_loss(mu):
@@ -165,12 +183,33 @@ class MixturePrior(NamedTuple):
     scale_inv: torch.Tensor
     dof: float
 
+    def check(self) -> "MixturePrior":
+        """Raise ``ValueError`` unless :math:`\alpha_0 > 0`, :math:`\beta_0 > 0`, :math:`m_0` is a finite
+        vector of some length :math:`d`, :math:`W_0^{-1}` is a symmetric positive-definite
+        :math:`d\times d` matrix and :math:`\nu_0 > d - 1`; return the prior."""
+        check_real("concentration", self.concentration, low=0.0, low_open=True)
+        check_real("beta", self.beta, low=0.0, low_open=True)
+        loc = torch.as_tensor(self.loc)
+        if loc.ndim != 1 or loc.numel() < 1 or not loc.is_floating_point() or not bool(torch.isfinite(loc).all()):
+            raise _invalid("loc", tuple(loc.shape), "a finite floating vector of length d >= 1")
+        d = loc.numel()
+        scale_inv = torch.as_tensor(self.scale_inv, dtype=loc.dtype)
+        if scale_inv.shape != (d, d):
+            raise _invalid("scale_inv shape", tuple(scale_inv.shape), f"({d}, {d})")
+        _check_spd("scale_inv", scale_inv)
+        check_real("dof", self.dof, low=d - 1.0, low_open=True)
+        return self
+
     def families(self, num_components: int) -> tuple[Dirichlet, NormalWishart]:
-        """The prior as a Dirichlet over the weights and a batch of Normal–Wishart members."""
+        """The prior as a Dirichlet over the weights and a batch of Normal–Wishart members (checked
+        with :meth:`check`)."""
+        check_int("num_components", num_components, low=1)
+        self.check()
         loc = torch.as_tensor(self.loc)
         K = num_components
         dtype, device = loc.dtype, loc.device
-        weights = Dirichlet.from_concentration(torch.full((K,), float(self.concentration), dtype=dtype, device=device))
+        concentration = torch.full((K,), float(self.concentration), dtype=dtype, device=device)
+        weights = Dirichlet.from_concentration(concentration)
         scale = torch.linalg.inv(torch.as_tensor(self.scale_inv, dtype=dtype, device=device))
         components = NormalWishart.from_hyperparameters(
             loc.expand(K, -1).clone(),
@@ -181,11 +220,29 @@ class MixturePrior(NamedTuple):
         return weights, components
 
 
-def _check_mixture_data(X: Any) -> torch.Tensor:
+def _check_mixture_data(X: Any, name: str = "X") -> torch.Tensor:
     X = torch.as_tensor(X)
     if not X.is_floating_point() or X.ndim != 2 or X.shape[0] < 1:
-        raise _invalid("X shape/dtype", f"{tuple(X.shape)} {X.dtype}", "a floating (N, d) tensor")
+        raise _invalid(f"{name} shape/dtype", f"{tuple(X.shape)} {X.dtype}", "a floating (N, d) tensor")
     return X
+
+
+_PRIOR_CACHE: dict = {}
+
+
+def _prior_families(prior: MixturePrior, K: int, dtype, device) -> tuple[Dirichlet, NormalWishart]:
+    """``prior.families(K)``, built once per (prior object, K, dtype, device): SVI calls it every step.
+
+    The key holds the prior itself (compared by identity), so a new prior is never served a stale entry."""
+    key = (id(prior), K, dtype, device)
+    hit = _PRIOR_CACHE.get(key)
+    if hit is not None and hit[0] is prior:
+        return hit[1]
+    families = prior.families(K)
+    if len(_PRIOR_CACHE) >= 8:
+        _PRIOR_CACHE.pop(next(iter(_PRIOR_CACHE)))
+    _PRIOR_CACHE[key] = (prior, families)
+    return families
 
 
 def _expected_log_gaussian(X: torch.Tensor, components) -> torch.Tensor:
@@ -204,33 +261,32 @@ def mixture_expected_loss(X: Any, prior: MixturePrior, *, data_weight: float = 1
 
     .. math::
 
-        \mathbb{E}_q[\bar\ell] = -w\sum_{n,k} r_{nk}\big(\mathbb{E}\log\pi_k + \mathbb{E}\log\mathcal{N}(x_n\mid\mu_k,\Lambda_k^{-1})\big)
+        \mathbb{E}_q[\bar\ell] = -w\sum_{n,k} r_{nk}\big(\mathbb{E}\log\pi_k
+        + \mathbb{E}\log\mathcal{N}(x_n\mid\mu_k,\Lambda_k^{-1})\big)
         - \mathbb{E}\log\mathrm{Dir}(\pi\mid\alpha_0) - \sum_k\mathbb{E}\log p_0(\mu_k,\Lambda_k),
 
     with :math:`r_{nK} = 1 - \sum_{k<K} r_{nk}` and the data weight :math:`w` = ``data_weight``
     (1 for the whole data set; :math:`N/|B|` for a minibatch :math:`B` in SVI). The prior terms include
-    their log-partitions, so :func:`mixture_elbo` can use it."""
+    their log-partitions, so :func:`mixture_elbo` can use it. The prior's families are built once per
+    prior object and number of components, not per call."""
     X = _check_mixture_data(X)
-    if not float(data_weight) > 0:
-        raise _invalid("data_weight", data_weight, "> 0")
-
-    cache = {}  # the prior as families, built once per number of components
+    data_weight = check_real("data_weight", data_weight, low=0.0, low_open=True)
+    if not isinstance(prior, MixturePrior):
+        raise _invalid("prior", type(prior).__name__, "a MixturePrior")
+    prior.check()
 
     def expected_loss(mu):
         (mean_log_pi,) = mu["weights"]
         K = mean_log_pi.shape[-1]
-        if K not in cache:
-            cache[K] = prior.families(K)
-        prior_weights, prior_components = cache[K]
+        prior_weights, prior_components = _prior_families(prior, K, X.dtype, X.device)
         r = mu["z"][0]
         r_full = torch.cat([r, 1.0 - r.sum(-1, keepdim=True)], dim=-1)
         joint = mean_log_pi + _expected_log_gaussian(X, mu["components"])
         data = -(r_full * joint).sum()
         log_prior = prior_weights._inner(prior_weights.natural_params, mu["weights"]) - prior_weights.log_partition()
-        log_prior = log_prior + (
-            prior_components._inner(prior_components.natural_params, mu["components"]) - prior_components.log_partition()
-        ).sum()
-        return float(data_weight) * data - log_prior
+        log_prior_components = prior_components._inner(prior_components.natural_params, mu["components"])
+        log_prior = log_prior + (log_prior_components - prior_components.log_partition()).sum()
+        return data_weight * data - log_prior
 
     return expected_loss
 
@@ -250,6 +306,8 @@ def mixture_candidate(responsibilities: Any, prior: MixturePrior) -> MeanField:
     r = torch.as_tensor(responsibilities)
     if not r.is_floating_point() or r.ndim != 2 or r.shape[1] < 2:
         raise _invalid("responsibilities shape", tuple(r.shape), "(N, K) with K >= 2")
+    if not isinstance(prior, MixturePrior):
+        raise _invalid("prior", type(prior).__name__, "a MixturePrior")
     weights, components = prior.families(r.shape[1])
     return MeanField(z=Categorical.from_probs(r), weights=weights, components=components)
 
@@ -265,8 +323,7 @@ def run_vmp(
     """``num_sweeps`` calls of :func:`vmp_sweep` on the mixture (default order: the global blocks from the
     current responsibilities, then the responsibilities); returns the final ``q`` and the ELBO after each
     sweep."""
-    if isinstance(num_sweeps, bool) or not isinstance(num_sweeps, int) or num_sweeps < 0:
-        raise _invalid("num_sweeps", num_sweeps, "an integer >= 0")
+    num_sweeps = check_int("num_sweeps", num_sweeps, low=0)
     loss = mixture_expected_loss(X, prior)
     elbos = []
     for _ in range(num_sweeps):
@@ -285,8 +342,9 @@ def _check_poisson(X: Any, y: Any, prior_precision: Any) -> tuple[torch.Tensor, 
         raise _invalid("y", tuple(y.shape), f"non-negative integer counts of shape ({X.shape[0]},)")
     P = torch.as_tensor(prior_precision, dtype=X.dtype, device=X.device)
     d = X.shape[1]
-    if P.shape != (d, d) or not torch.allclose(P, P.T) or not bool((torch.linalg.eigvalsh(P) > 0).all()):
-        raise _invalid("prior_precision", tuple(P.shape), f"a symmetric positive-definite ({d}, {d}) matrix")
+    if P.shape != (d, d):
+        raise _invalid("prior_precision shape", tuple(P.shape), f"({d}, {d})")
+    _check_spd("prior_precision", P)
     return X, y, P
 
 
@@ -299,8 +357,9 @@ def poisson_expected_loss(X: Any, y: Any, prior_precision: Any) -> Callable[[Any
         \mathbb{E}_q[\bar\ell] = \sum_i\Big(e^{x_i^\top m + \frac12 x_i^\top V x_i} - y_i x_i^\top m\Big)
         + \tfrac12\operatorname{tr}(P_0\,\mu^{(2)}) \quad (+\ \text{const}),
 
-    with :math:`V = \mu^{(2)} - \mu^{(1)}\mu^{(1)\top}` and :math:`\mathbb{E}_q[e^{x^\top\theta}] = e^{x^\top m + x^\top Vx/2}`,
-    the Gaussian's moment-generating function. It is not linear in :math:`\mu`: the factor is not conjugate."""
+    with :math:`V = \mu^{(2)} - \mu^{(1)}\mu^{(1)\top}` and
+    :math:`\mathbb{E}_q[e^{x^\top\theta}] = e^{x^\top m + x^\top Vx/2}`, the Gaussian's moment-generating
+    function. It is not linear in :math:`\mu`: the factor is not conjugate."""
     X, y, P = _check_poisson(X, y, prior_precision)
 
     def expected_loss(expectation_params):
@@ -312,8 +371,9 @@ def poisson_expected_loss(X: Any, y: Any, prior_precision: Any) -> Callable[[Any
     return expected_loss
 
 
-def poisson_log_link_message(q, X: Any, y: Any, prior_precision: Any) -> NamedTuple:
-    r""":math:`\nabla_\mu\mathbb{E}_q[\bar\ell]` for Poisson regression with a log link (Knowles & Minka, 2011), in closed form.
+def poisson_log_link_message(q, X: Any, y: Any, prior_precision: Any, *, check: bool = True) -> NamedTuple:
+    r""":math:`\nabla_\mu\mathbb{E}_q[\bar\ell]` for Poisson regression with a log link (Knowles & Minka, 2011),
+    in closed form.
 
     With :math:`e_i = e^{x_i^\top m + \frac12 x_i^\top Vx_i}`, the expected gradient and Hessian are
     :math:`g = \sum_i(e_i - y_i)x_i + P_0 m` and :math:`H = \sum_i e_i x_ix_i^\top + P_0` (Bonnet's and Price's
@@ -323,10 +383,13 @@ def poisson_log_link_message(q, X: Any, y: Any, prior_precision: Any) -> NamedTu
     :math:`x_i = 1` this adds :math:`\sum_i e^{m + v/2}` to the precision and
     :math:`\sum_i y_i + (m - 1)\sum_i e^{m+v/2}` to the precision times the mean.
 
-    ``q`` is a :class:`~blrlib.families.FullGaussian` over the :math:`d` coefficients."""
-    from ..families import FullGaussian
-
-    X, y, P = _check_poisson(X, y, prior_precision)
+    ``q`` is a :class:`~blrlib.families.FullGaussian` over the :math:`d` coefficients. ``check=False`` skips
+    the checks of ``X``, ``y`` and ``prior_precision`` (an eigen-decomposition and host syncs), for loops
+    that pass the same, already checked data every step."""
+    if check:
+        X, y, P = _check_poisson(X, y, prior_precision)
+    else:
+        X, y, P = X, y, prior_precision
     if not isinstance(q, FullGaussian) or q.mean.shape != (X.shape[1],):
         raise _invalid("q", repr(q), f"a FullGaussian over {X.shape[1]} coefficients")
     m, V = q.mean, q.covariance
@@ -336,13 +399,17 @@ def poisson_log_link_message(q, X: Any, y: Any, prior_precision: Any) -> NamedTu
     return q.ExpectationParams(g - H @ m, 0.5 * H)
 
 
-def ncvmp_step(q, X: Any, y: Any, prior_precision: Any, rho: float = 1.0):
-    r"""One non-conjugate VMP step: :func:`blrlib.rule.blr_step` with :func:`poisson_log_link_message`.
+def poisson_ncvmp_step(q, X: Any, y: Any, prior_precision: Any, rho: float = 1.0, *, check: bool = True):
+    r"""One non-conjugate VMP step for Poisson regression with a log link: :func:`blrlib.rule.blr_step` with
+    :func:`poisson_log_link_message` (``check`` as there).
 
     With ``rho = 1`` it is the undamped fixed-point iteration of Knowles & Minka (2011), which can
-    oscillate; ``rho < 1`` damps it. A step that leaves the positive-definite cone raises ``ValueError``."""
-    rho = _check_rho("rho", rho)
-    return blr_step(q, poisson_log_link_message(q, X, y, prior_precision), rho)
+    oscillate; ``rho < 1`` damps it. For this factor the new precision :math:`H = \sum_i e_i x_ix_i^\top + P_0`
+    is positive definite, and a damped step is a convex combination of two positive-definite precisions,
+    so the iterates never leave the cone (short of an overflow in :math:`e_i`); a factor whose expected
+    Hessian can be indefinite could leave it, and :func:`blrlib.rule.blr_step` would then raise ``ValueError``."""
+    rho = check_rho(rho)
+    return blr_step(q, poisson_log_link_message(q, X, y, prior_precision, check=check), rho)
 
 
-__all__ += ["poisson_expected_loss", "poisson_log_link_message", "ncvmp_step"]
+ncvmp_step = poisson_ncvmp_step  # the chapter's first name, kept
