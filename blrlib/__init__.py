@@ -18,7 +18,9 @@ from .rule import blr_step, improved_blr_step, mean_field_sweep, run_blr
 __version__ = "0.1.0"
 
 # Heavier submodules (SymPy, the optimizers) load on first use: ``blrlib.symbolic``, ``blrlib.optim``.
-_LAZY_SUBMODULES = ("symbolic", "optim", "metrics", "curvature", "dropout", "nn")
+_LAZY_SUBMODULES = (
+    "symbolic", "optim", "metrics", "curvature", "dropout", "nn", "plotting", "laplace", "inference",
+)
 
 
 def __getattr__(name):
