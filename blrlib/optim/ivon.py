@@ -258,6 +258,7 @@ class IVON(RuleOptimizer):
         self._folded = 0  # train samples already folded into self._acc
         self._sampling = False
         self._h_bounds: dict = {}  # carried bounds on h per plan (see _check_statistics)
+        self._representable: set = set()  # hyperparameter tuples already checked by _check_representable
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ arguments, copies
@@ -268,9 +269,10 @@ class IVON(RuleOptimizer):
 
     def _transient_attributes(self) -> tuple:
         # a process group cannot be pickled: a copy uses the default group (pass it again if needed)
-        return ("_work", "_acc", "_h_bounds", "process_group")
+        return ("_work", "_acc", "_h_bounds", "_representable", "process_group")
 
     def _reset_transient(self) -> None:
+        self._representable = set()
         self._h_bounds = {}
         self._work = {}
         self._acc = {}
@@ -600,6 +602,10 @@ class IVON(RuleOptimizer):
     def _check_representable(self, group: dict, p: Tensor) -> None:
         """The scalars a step multiplies by must be finite in the statistics' dtype (else the step would
         fail half way or silently produce inf): checked before anything changes."""
+        key = (_state_dtype(p), group["ess"], group["weight_decay"], group["beta2"], group["lr"], group["hess_init"],
+               group["rescale_lr"])
+        if key in self._representable:
+            return
         fmax = torch.finfo(_state_dtype(p)).max
         ess, wd, b2 = float(group["ess"]), float(group["weight_decay"]), float(group["beta2"])
         alpha = group["lr"] * (group["hess_init"] + wd) if group["rescale_lr"] else group["lr"]
@@ -611,6 +617,9 @@ class IVON(RuleOptimizer):
                     f"Invalid {name}: {group[name]} (must keep the step's scalars finite in "
                     f"{_state_dtype(p)}, whose largest value is {fmax:.3g}); the step was not taken"
                 )
+        if len(self._representable) > 64:  # a scheduler changing lr every step: keep it small
+            self._representable.clear()
+        self._representable.add(key)
 
     def _check_statistics(self, plans: list, scale: float, inv_scale: float, n_samples: int) -> Optional[str]:
         """The non-finite policy, applied to the gradients *and* the statistics, before anything changes.
@@ -633,24 +642,29 @@ class IVON(RuleOptimizer):
             key = (id(group), tuple(id(p) for p in plan["params"]))
             carried = self._h_bounds.get(key)
             exact = carried is None or carried[2] >= 16
-            norms = torch._foreach_norm(plan["grads"] + plan["hstats"])
+            # Price statistic of one sample (eps * g, formed in place): it carries g's NaN/inf and size
+            # (|eps| is never tiny for every draw), so g itself is not read again
+            price_only = group["hess_approx"] == "price" and bool(plan["hstats"]) and all(
+                h is w["noise"] for h, w in zip(plan["hstats"], plan["works"]))
+            grads_read = [] if price_only else plan["grads"]
+            norms = torch._foreach_norm(grads_read + plan["hstats"])
             ext = [v for h in hs for v in torch.aminmax(h)] if exact else []
             try:
                 vals = torch.stack(list(norms) + ext).tolist()
             except RuntimeError:  # tensors of several dtypes or devices in one group
                 vals = [float(v) for v in list(norms) + ext]
-            ng, nn_ = len(plan["grads"]), len(norms)
+            ng, nn_ = len(grads_read), len(norms)
             if not exact:
                 vals += [v for _ in hs for v in carried[:2]]
             overflow = "gradient statistics so large that h or m would overflow their dtype"
             if not all(math.isfinite(x) for x in vals[:nn_]):
-                if all(bool(torch.isfinite(t).all()) for t in plan["grads"] + plan["hstats"]):
+                if all(bool(torch.isfinite(t).all()) for t in grads_read + plan["hstats"]):
                     return overflow  # finite entries whose squares overflow the norm
                 return "non-finite (NaN or inf) gradient"
             h0 = float(group["hess_init"])
             hmin = min([h0] * (len(hs) < len(plan["params"])) + vals[nn_::2]) if hs else h0
             hmax = max([h0] * (len(hs) < len(plan["params"])) + vals[nn_ + 1 :: 2]) if hs else h0
-            gmax = max(vals[:ng]) * scale
+            gmax = max(vals[:ng]) * scale if ng else 0.0
             if plan["hstats"]:
                 smax = max(vals[ng:nn_])
             else:  # compiled path: eps * g is formed in the kernel; |eps| < 8 in practice
