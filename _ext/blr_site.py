@@ -139,7 +139,7 @@ def documented_members(name: str, claimed: set[str]) -> list[str]:
             mine = True
         else:
             mine = any(part.startswith("_") for part in home.split(".")[1:])
-        key = f"{home or name}.{getattr(obj, '__qualname__', member)}"
+        key = f"{home or name}.{member}"  # an alias (f = g) is documented under its own name
         if mine and key not in claimed:
             claimed.add(key)
             out.append(member)
