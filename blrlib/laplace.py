@@ -54,24 +54,35 @@ def gaussian_fixed_point(
     loss: Callable[[torch.Tensor], torch.Tensor],
     q0: FullGaussian,
     *,
-    method: str = "delta",
+    method: str | None = None,
     rho: float = 1.0,
     max_steps: int = 100,
     tol: float = 1e-12,
-    num_points: int = 8,
+    num_points: int | None = None,
     improved: bool = False,
     expectations: Callable | None = None,
 ) -> FixedPointResult:
     r"""Iterate the rule from ``q0`` until the mean moves by less than ``tol`` (max-norm) or ``max_steps``.
 
-    ``method="delta"`` gives Laplace's method (with ``rho=1``, Newton's method carrying its Hessian);
-    ``method="gauss_hermite"`` takes both expectations by tensor-product Gauss–Hermite quadrature with
-    ``num_points`` nodes per dimension and converges to the Gaussian variational approximation (use it for a
-    few parameters only; ``improved=True`` takes the positivity-preserving step of Lin, Schmidt & Khan, 2020).
-    ``expectations(q)``, when given, replaces both: it returns the estimates of
-    :math:`\mathbb{E}_q[\nabla\bar\ell]` and :math:`\mathbb{E}_q[\nabla^2\bar\ell]` (for example
-    :func:`blrlib.inference.quadrature.gauss_hermite_glm`), and ``loss`` may be ``None``.
+    ``method="delta"`` (the default) gives Laplace's method (with ``rho=1``, Newton's method carrying its
+    Hessian); ``method="gauss_hermite"`` takes both expectations by tensor-product Gauss–Hermite quadrature with
+    ``num_points`` nodes per dimension (default 8) and converges to the Gaussian variational approximation (use
+    it for a few parameters only). ``improved=True`` takes the positivity-preserving step of Lin, Schmidt &
+    Khan (2020) instead of the plain rule. ``expectations(q)``, when given, replaces both: it returns the
+    estimates of :math:`\mathbb{E}_q[\nabla\bar\ell]` and :math:`\mathbb{E}_q[\nabla^2\bar\ell]` (for example
+    :func:`blrlib.inference.quadrature.gauss_hermite_glm`); then ``loss`` may be ``None`` and ``method`` and
+    ``num_points`` must be left unset.
     """
+    if expectations is not None:
+        if not callable(expectations):
+            raise ValueError(f"Invalid expectations: {expectations!r} (must be callable)")
+        for name, value in (("method", method), ("num_points", num_points)):
+            if value is not None:
+                raise ValueError(f"Invalid {name}: {value!r} (must be left unset when expectations is given)")
+    elif not callable(loss):
+        raise ValueError(f"Invalid loss: {loss!r} (must be callable unless expectations is given)")
+    method = "delta" if method is None else method
+    num_points = 8 if num_points is None else num_points
     if method not in ("delta", "gauss_hermite"):
         raise ValueError(f"Invalid method: {method!r} (must be 'delta' or 'gauss_hermite')")
     if not isinstance(q0, FullGaussian):
@@ -180,17 +191,29 @@ class Laplace:
     def _check_data(self, inputs, targets=None):
         if not isinstance(inputs, torch.Tensor):
             raise ValueError(f"Invalid inputs: {type(inputs).__name__} (must be a tensor)")
-        if targets is not None:
-            if not isinstance(targets, torch.Tensor):
-                raise ValueError(f"Invalid targets: {type(targets).__name__} (must be a tensor)")
-            if inputs.shape[0] != targets.shape[0]:
-                raise ValueError(f"Invalid targets: {targets.shape[0]} examples but inputs has {inputs.shape[0]} "
-                                 "(must match)")
-            with torch.no_grad():
-                outputs = self.forward_with(self._start, inputs)
-            if outputs.shape != targets.shape:
-                raise ValueError(f"Invalid targets: shape {tuple(targets.shape)} (must match the model output "
-                                 f"shape {tuple(outputs.shape)})")
+        if targets is None:
+            return
+        if not isinstance(targets, torch.Tensor):
+            raise ValueError(f"Invalid targets: {type(targets).__name__} (must be a tensor)")
+        if inputs.shape[0] != targets.shape[0]:
+            raise ValueError(f"Invalid targets: {targets.shape[0]} examples but inputs has {inputs.shape[0]} "
+                             "(must match)")
+        with torch.no_grad():
+            outputs = self.forward_with(self._start, inputs)
+            if targets.is_floating_point() and targets.shape != outputs.shape:
+                # real-valued targets (regression, soft labels) pair with the outputs entry by entry; a
+                # shape mismatch would broadcast silently, e.g. (n, 1) against (n,) to (n, n)
+                raise ValueError(f"Invalid targets: shape {tuple(targets.shape)} (real-valued targets must match "
+                                 f"the model output shape {tuple(outputs.shape)})")
+            try:  # integer targets (class labels) are checked by the loss itself
+                value = self.loss_fn(outputs, targets)
+            except Exception as err:
+                raise ValueError(f"Invalid targets: loss_fn(outputs, targets) failed for outputs of shape "
+                                 f"{tuple(outputs.shape)} and targets of shape {tuple(targets.shape)} "
+                                 f"(must be accepted by loss_fn): {err}") from err
+        if not (isinstance(value, torch.Tensor) and value.numel() == 1):
+            raise ValueError(f"Invalid loss_fn: it returned {value!r} (must return a scalar tensor, the loss "
+                             "summed over the examples)")
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         r""":math:`\bar\ell(w) = L(f_w(X), y) + \tfrac{\delta}{2}\|w\|^2` as a function of the flat weights."""
@@ -202,12 +225,29 @@ class Laplace:
         return loss_bar
 
     def _gauss_newton(self, flat, inputs, targets):
-        outputs = self.forward_with(flat, inputs)
-        jac = jacrev(lambda w: self.forward_with(w, inputs).reshape(-1))(flat)
-        out_hess = torch.func.hessian(lambda f: self.loss_fn(f.reshape(outputs.shape), targets))(
-            outputs.detach().reshape(-1))
+        r"""The Gauss–Newton matrix :math:`\sum_i J_i^\top H_i J_i + \delta I`, or only its diagonal.
+
+        :math:`J_i = \partial f_w(x_i)/\partial w` (:math:`K\times P` for :math:`K` outputs per example) and
+        :math:`H_i = \nabla^2_{f_i} L` is the :math:`K\times K` Hessian of the loss in example :math:`i`'s outputs
+        (``loss_fn`` is a sum over examples, so the output Hessian is block diagonal). Memory: the Jacobian,
+        :math:`O(nKP)`, the per-example blocks, :math:`O(nK^2)`, and the result: :math:`O(P^2)` for the full
+        matrix, :math:`O(P)` for the diagonal, which is formed as :math:`\sum_i (J_i \odot H_i J_i)` summed over
+        outputs, without a :math:`P\times P` matrix.
+        """
+        with torch.no_grad():
+            outputs = self.forward_with(flat, inputs)
+        n, out_shape = outputs.shape[0], outputs.shape[1:]
+        jac = jacrev(lambda w: self.forward_with(w, inputs).reshape(n, -1))(flat)  # (n, K, P)
+
+        def example_loss(f, t):
+            return self.loss_fn(f.reshape(1, *out_shape), t.unsqueeze(0))
+
+        out_hess = torch.func.vmap(torch.func.hessian(example_loss))(outputs.reshape(n, -1), targets)  # (n, K, K)
+        weighted = torch.einsum("ikl,ilp->ikp", out_hess, jac)
+        if self.hessian == "diagonal":
+            return (jac * weighted).sum((0, 1)) + self.prior_precision
         eye = torch.eye(flat.numel(), dtype=flat.dtype, device=flat.device)
-        return jac.T @ out_hess @ jac + self.prior_precision * eye
+        return torch.einsum("ikp,ikq->pq", jac, weighted) + self.prior_precision * eye
 
     # ------------------------------------------------------------------ the fit
     def fit(self, inputs: torch.Tensor, targets: torch.Tensor, *, num_steps: int = 1, rho: float = 1.0,
@@ -242,22 +282,29 @@ class Laplace:
                 curv = derivs.hessian
                 if self.curvature == "gauss_newton":
                     curv = self._gauss_newton(q.mean, inputs, targets)
-                    curv = torch.diagonal(curv).clone() if self.hessian == "diagonal" else curv
             gradient = torch.zeros_like(derivs.gradient) if assume_mode else derivs.gradient
-            try:
-                q = blr_step(q, q.gradient_wrt_expectation(gradient, curv), rho)
-            except ValueError as err:
-                if self.hessian == "full":
-                    smallest = float(torch.linalg.eigvalsh(0.5 * (curv + curv.T)).min())
-                else:
-                    smallest = float(curv.min())
-                raise ValueError(
-                    f"Invalid curvature at the weights: not positive definite (smallest eigenvalue {smallest:.4g}); "
-                    "the weights are not at a minimum of the regularised loss. Train further, raise "
-                    "prior_precision, use curvature='gauss_newton', or subset='last_layer'") from err
+            self._check_positive_definite(q, curv, rho)
+            q = blr_step(q, q.gradient_wrt_expectation(gradient, curv), rho)
         self.posterior = q
         self.gradient_norm = float(torch.linalg.vector_norm(derivs.gradient))
         return self
+
+    def _check_positive_definite(self, q, curv, rho):
+        """Raise the ValueError of ``fit`` when the rule's new precision :math:`(1-\rho)S + \rho C` is not PD."""
+        new_precision = (1 - rho) * q.precision + rho * curv
+        if self.hessian == "full":
+            symmetric = 0.5 * (new_precision + new_precision.T)
+            if int(torch.linalg.cholesky_ex(symmetric).info) == 0:
+                return
+            smallest = float(torch.linalg.eigvalsh(0.5 * (curv + curv.T)).min())
+        else:
+            if bool((new_precision > 0).all()):
+                return
+            smallest = float(curv.min())
+        raise ValueError(
+            f"Invalid curvature at the weights: not positive definite (smallest eigenvalue {smallest:.4g}); "
+            "the weights are not at a minimum of the regularised loss. Train further, raise "
+            "prior_precision, use curvature='gauss_newton', or subset='last_layer'")
 
     def _require_fit(self):
         if self.posterior is None:
@@ -265,11 +312,13 @@ class Laplace:
 
     @property
     def mean(self) -> torch.Tensor:
+        """The mean of each weight (shape ``(num_params,)``)."""
         self._require_fit()
         return self.posterior.mean
 
+    @property
     def variance(self) -> torch.Tensor:
-        """The marginal variance of each weight."""
+        """The marginal variance of each weight (shape ``(num_params,)``)."""
         self._require_fit()
         if isinstance(self.posterior, FullGaussian):
             return torch.diagonal(self.posterior.covariance).clone()

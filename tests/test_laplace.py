@@ -108,7 +108,7 @@ def test_diagonal_gauss_newton_matches_the_jacobian_by_hand():
     J = torch.stack(rows)
     torch.testing.assert_close(la.posterior.precision, (J**2).sum(0) / sigma**2 + delta, rtol=1e-10, atol=1e-10)
     assert la.sample(5, generator=torch.Generator().manual_seed(0)).shape == (5, la.num_params)
-    assert la.variance().shape == (la.num_params,)
+    torch.testing.assert_close(la.variance, 1 / la.posterior.precision, rtol=1e-12, atol=0)
 
 
 def test_non_positive_definite_hessian_bad_shapes_and_no_mutation():
@@ -193,3 +193,90 @@ def test_last_layer_fit_is_a_fixed_point_after_one_step():
     damped = Laplace(net, loss_fn, prior_precision=2.0, subset="last_layer").fit(X, y, num_steps=60, rho=0.5)
     torch.testing.assert_close(damped.mean, one.mean, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(damped.posterior.precision, one.posterior.precision, rtol=1e-9, atol=1e-9)
+
+
+def classifier(seed=0, hidden=6, classes=3):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(2, hidden), torch.nn.Tanh(),
+                               torch.nn.Linear(hidden, classes)).to(DT)
+
+
+def classification_data(n=20, classes=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=gen, dtype=DT), torch.randint(classes, (n,), generator=gen)
+
+
+def cross_entropy(outputs, targets):
+    return torch.nn.functional.cross_entropy(outputs, targets, reduction="sum")
+
+
+def gauss_newton_by_hand(net, X, delta):
+    # sum_i J_i^T (diag p_i - p_i p_i^T) J_i + delta I, one example at a time with backward()
+    params = list(net.parameters())
+    total = 0
+    for x in X:
+        logits = net(x.unsqueeze(0))[0]
+        p = torch.softmax(logits, 0).detach()
+        rows = []
+        for k in range(len(logits)):
+            grads = torch.autograd.grad(logits[k], params, retain_graph=True)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+        J = torch.stack(rows)
+        total = total + J.T @ (torch.diag(p) - torch.outer(p, p)) @ J
+    return total + delta * torch.eye(total.shape[0], dtype=DT)
+
+
+@pytest.mark.parametrize("hessian", ["full", "diagonal"])
+def test_gauss_newton_for_a_classifier_with_class_labels(hessian):
+    net = classifier(1)
+    X, y = classification_data()
+    la = Laplace(net, cross_entropy, prior_precision=0.7, hessian=hessian,
+                 curvature="gauss_newton").fit(X, y, assume_mode=True)
+    reference = gauss_newton_by_hand(net, X, 0.7)
+    expected = reference if hessian == "full" else reference.diagonal()
+    torch.testing.assert_close(la.posterior.precision, expected, rtol=1e-10, atol=1e-10)
+    mean, var = la.predictive(X[:4])
+    assert mean.shape == var.shape == (4, 3) and (var > 0).all()
+
+
+def test_last_layer_laplace_for_a_classifier():
+    net = classifier(2)
+    X, y = classification_data(seed=1)
+    la = Laplace(net, cross_entropy, prior_precision=2.0, subset="last_layer").fit(X, y, assume_mode=True)
+    with torch.no_grad():
+        phi = net[:-1](X)
+    probs = torch.softmax(net(X), 1).detach()
+    # last layer: logits_k = W_k . phi + b_k; weight index (k, j) = k * hidden + j, then the K biases
+    rows = []
+    for i in range(len(X)):
+        J = torch.cat([torch.kron(torch.eye(3, dtype=DT), phi[i][None]), torch.eye(3, dtype=DT)], 1)
+        rows.append(J.T @ (torch.diag(probs[i]) - torch.outer(probs[i], probs[i])) @ J)
+    expected = sum(rows) + 2.0 * torch.eye(rows[0].shape[0], dtype=DT)
+    torch.testing.assert_close(la.posterior.precision, expected, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="Invalid targets"):
+        la.fit(X, y + 3)  # class labels out of range: the loss itself fails
+    with pytest.raises(ValueError, match="Invalid targets"):
+        la.fit(X, torch.zeros(len(X), dtype=DT))  # real-valued targets must match the outputs
+
+
+def test_fixed_point_argument_checks_and_the_improved_step():
+    q0 = FullGaussian.from_mean_precision(torch.zeros(3, dtype=DT), torch.eye(3, dtype=DT))
+    with pytest.raises(ValueError, match="Invalid loss"):
+        gaussian_fixed_point(None, q0)
+    expectations = lambda q: None  # noqa: E731
+    with pytest.raises(ValueError, match="Invalid method"):
+        gaussian_fixed_point(None, q0, expectations=expectations, method="gauss_hermite")
+    with pytest.raises(ValueError, match="Invalid num_points"):
+        gaussian_fixed_point(None, q0, expectations=expectations, num_points=5)
+    loss = logistic_loss(4)
+    plain = gaussian_fixed_point(loss, q0, method="gauss_hermite", num_points=6, rho=0.6, tol=1e-13,
+                                 max_steps=300).q
+    improved = gaussian_fixed_point(loss, q0, method="gauss_hermite", num_points=6, rho=0.6, tol=1e-13,
+                                    max_steps=300, improved=True)
+    # the improved step has the same fixed point, reached along a different path
+    torch.testing.assert_close(improved.q.mean, plain.mean, rtol=0, atol=1e-10)
+    torch.testing.assert_close(improved.q.precision, plain.precision, rtol=1e-9, atol=1e-9)
+    first_plain = gaussian_fixed_point(loss, q0, method="gauss_hermite", num_points=6, rho=0.6, max_steps=1).q
+    first_improved = gaussian_fixed_point(loss, q0, method="gauss_hermite", num_points=6, rho=0.6, max_steps=1,
+                                          improved=True).q
+    assert (first_improved.precision - first_plain.precision).abs().max() > 1e-4
