@@ -257,8 +257,9 @@ class Laplace:
         Starting from :math:`m_0` = the trained weights and :math:`S_0 = \delta I`, each step is
         :math:`S \leftarrow (1-\rho)S + \rho C(m)`, :math:`m \leftarrow m - \rho S^{-1}\nabla\bar\ell(m)` with
         :math:`C` the chosen curvature (full or its diagonal). With ``rho=1`` one step already gives
-        :math:`S = C(m_0)`; at a minimum the mean hardly moves. Raises ``ValueError`` when the curvature is not
-        positive definite (the weights are not at a minimum). Returns ``self``.
+        :math:`S = C(m_0)`; at a minimum the mean hardly moves. Raises ``ValueError`` before a step whose new
+        precision :math:`(1-\rho)S + \rho C(m)` is not positive definite (with ``rho=1``: the curvature is not,
+        so the weights are not at a minimum). Returns ``self``.
 
         ``assume_mode=True`` treats the trained weights as the minimiser: the rule's step is taken with the
         gradient set to zero, so the mean stays at the trained weights and only the precision moves (the usual
