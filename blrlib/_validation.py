@@ -28,6 +28,7 @@ __all__ = [
     "check_choice",
     "check_bool",
     "check_hyperparameters",
+    "check_with_phrase",
     "document_ranges",
     "require_ess",
     "as_float_tensor",
@@ -179,6 +180,15 @@ def check_choice(name: str, value, choices) -> object:
 def check_bool(name: str, value) -> bool:
     """Check that ``value`` is ``True`` or ``False``."""
     return BOOL.check(name, value)
+
+
+def check_with_phrase(name: str, value, rng: Range, phrase: str):
+    """``rng.check`` with the message ``Invalid <name>: <value> (<phrase>: <range>)``; ``phrase`` keeps an
+    older wording (e.g. ``"lr must be positive"``) that callers may still match."""
+    try:
+        return rng.check(name, value)
+    except ValueError:
+        raise ValueError(f"Invalid {name}: {_fmt(value)} ({phrase}: {rng.describe()})") from None
 
 
 def check_hyperparameters(values: Mapping[str, Any], ranges: Mapping[str, Range]) -> dict:

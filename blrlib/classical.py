@@ -12,12 +12,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ._validation import POSITIVE, check_with_phrase
+
 __all__ = ["gradient_descent", "newton", "kalman_filter", "rts_smoother"]
 
 
 def _check_steps(num_steps: int) -> int:
     if int(num_steps) != num_steps or num_steps < 0:
-        raise ValueError(f"num_steps must be a non-negative integer; got {num_steps}")
+        raise ValueError(f"Invalid num_steps: {num_steps} (num_steps must be a non-negative integer)")
     return int(num_steps)
 
 
@@ -34,8 +36,7 @@ def gradient_descent(grad_fn: Callable, x0: Any, lr: float, num_steps: int) -> A
 
     Returns the iterates :math:`x_0, \dots, x_T` stacked along the first dimension.
     """
-    if not lr > 0:
-        raise ValueError(f"lr must be positive; got {lr}")
+    lr = check_with_phrase("lr", lr, POSITIVE, "lr must be positive")
     x = _copy(x0)
     iterates = [x]
     for _ in range(_check_steps(num_steps)):
@@ -49,8 +50,7 @@ def newton(grad_fn: Callable, hess_fn: Callable, x0: Any, num_steps: int, step_s
 
     ``step_size`` :math:`\alpha = 1` is the pure Newton step. Returns the stacked iterates.
     """
-    if not step_size > 0:
-        raise ValueError(f"step_size must be positive; got {step_size}")
+    step_size = check_with_phrase("step_size", step_size, POSITIVE, "step_size must be positive")
     x = _copy(x0)
     iterates = [x]
     for _ in range(_check_steps(num_steps)):

@@ -33,7 +33,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch.func import grad, jacrev, vmap
 
-from ._validation import check_finite
+from ._validation import Range, check_finite, check_with_phrase
 from .families.base import ExponentialFamily
 
 __all__ = [
@@ -77,9 +77,7 @@ def _check_single_member(q: ExponentialFamily) -> None:
 
 
 def _check_kind(name: str, kind: str, allowed: tuple[str, ...]) -> str:
-    if kind not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}; got {kind!r}")
-    return kind
+    return check_with_phrase(name, kind, Range(kind="choice", choices=tuple(allowed)), f"{name} must be one of")
 
 
 def _checked_value(loss: Loss, theta: torch.Tensor) -> torch.Tensor:
@@ -148,7 +146,7 @@ def monte_carlo(
         raise ValueError(f"q must be a Gaussian candidate for Monte Carlo with Bonnet/Price; got {type(q).__name__}")
     _check_single_member(q)
     if int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer; got {num_samples}")
+        raise ValueError(f"Invalid num_samples: {num_samples} (num_samples must be a positive integer)")
     kind = _hessian_kind_for(q) if hessian_kind == "auto" else _check_kind("hessian_kind", hessian_kind, _HESSIAN_KINDS)
     _check_kind("hessian_method", hessian_method, ("exact", "stein"))
     samples, whitened = _gaussian_offsets(q, int(num_samples), generator)
