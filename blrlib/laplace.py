@@ -291,7 +291,7 @@ class Laplace:
         return self
 
     def _check_positive_definite(self, q, curv, rho):
-        """Raise the ValueError of ``fit`` when the rule's new precision :math:`(1-\rho)S + \rho C` is not PD."""
+        r"""Raise the ValueError of ``fit`` when the rule's new precision :math:`(1-\rho)S + \rho C` is not PD."""
         new_precision = (1 - rho) * q.precision + rho * curv
         if self.hessian == "full":
             symmetric = 0.5 * (new_precision + new_precision.T)

@@ -77,19 +77,14 @@ def mean_field_sweep(
     r"""One sweep of block updates, each at the latest :math:`q` (coordinate ascent, VMP's schedule).
 
     For each block :math:`j` in ``order`` (default: the order of ``grad_fns``),
-    :math:`\lambda_j \leftarrow \lambda_j - 
-ho_j(
-abla_{\mu_j}\mathbb{E}_q[ar\ell] - 
-abla_{\mu_j}\mathcal{H}(q_j))`
+    :math:`\lambda_j \leftarrow \lambda_j - \rho_j(\nabla_{\mu_j}\mathbb{E}_q[\bar\ell] - \nabla_{\mu_j}\mathcal{H}(q_j))`
     with ``grad_fns[j](q)`` evaluated at the :math:`q` that already holds the earlier blocks' updates.
 
     Args:
         q: a :class:`~blrlib.families.mean_field.MeanField` (not modified).
         grad_fns: block name -> function of the current product returning
-            :math:`
-abla_{\mu_j}\mathbb{E}_q[ar\ell]` (the block's estimator).
-        rho: one step size for every block or a mapping block -> :math:`
-ho_j`.
+            :math:`\nabla_{\mu_j}\mathbb{E}_q[\bar\ell]` (the block's estimator).
+        rho: one step size for every block or a mapping block -> :math:`\rho_j`.
         order: the blocks to update, in order (a block may appear more than once).
     """
     if not isinstance(q, MeanField):

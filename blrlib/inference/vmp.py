@@ -184,7 +184,7 @@ class MixturePrior(NamedTuple):
     dof: float
 
     def check(self) -> "MixturePrior":
-        """Raise ``ValueError`` unless :math:`\alpha_0 > 0`, :math:`\beta_0 > 0`, :math:`m_0` is a finite
+        r"""Raise ``ValueError`` unless :math:`\alpha_0 > 0`, :math:`\beta_0 > 0`, :math:`m_0` is a finite
         vector of some length :math:`d`, :math:`W_0^{-1}` is a symmetric positive-definite
         :math:`d\times d` matrix and :math:`\nu_0 > d - 1`; return the prior."""
         check_real("concentration", self.concentration, low=0.0, low_open=True)
