@@ -167,7 +167,8 @@ def _precisions_positive_definite(theta: torch.Tensor, K: int, d: int) -> bool:
 
 
 def log_joint(X: torch.Tensor, theta: torch.Tensor, num_components: int) -> torch.Tensor:
-    r""":math:`\log p(x_n, z_n = k\mid\theta) = \log\pi_k + \langle\eta_k, T(x_n)\rangle - A_{\mathcal N}(\eta_k)`, shape ``(N, K)``.
+    r"""The log joint, shape ``(N, K)``:
+    :math:`\log p(x_n, z_n = k\mid\theta) = \log\pi_k + \langle\eta_k, T(x_n)\rangle - A_{\mathcal N}(\eta_k)`.
 
     With :math:`T(x) = (x, -\tfrac12 xx^\top)` paired with :math:`(\Lambda\mu, \Lambda)` and
     :math:`A_{\mathcal N}(\eta) = \tfrac12(\Lambda\mu)^\top\Lambda^{-1}(\Lambda\mu) - \tfrac12\log|\Lambda| +
@@ -208,7 +209,9 @@ def mixture_statistics(X: torch.Tensor, responsibilities: torch.Tensor) -> Mixtu
 
 
 def expected_complete_loss(stats: MixtureStatistics, theta: torch.Tensor) -> torch.Tensor:
-    r""":math:`Q(\theta) = \mathbb{E}_{q(z)}[\bar\ell(z,\theta)] = -\sum_{n,k} r_{nk}\log p(x_n, k\mid\theta)`, from the statistics:
+    r"""The expected complete-data loss
+    :math:`Q(\theta) = \mathbb{E}_{q(z)}[\bar\ell(z,\theta)] = -\sum_{n,k} r_{nk}\log p(x_n, k\mid\theta)`,
+    from the statistics:
 
     .. math::
 
