@@ -26,7 +26,6 @@ import inspect
 import os
 import pkgutil
 import re
-import shutil
 from pathlib import Path
 
 import pybtex.plugin
@@ -146,14 +145,45 @@ def documented_members(name: str, claimed: set[str]) -> list[str]:
     return out
 
 
+def _undocumented_data(name: str, members: list[str]) -> list[str]:
+    """Module-level data among ``members`` without a ``#:`` doc comment (automodule skips
+    those even with :undoc-members:; an explicit autodata documents them)."""
+    from sphinx.pycode import ModuleAnalyzer
+
+    module = importlib.import_module(name)
+    try:
+        documented = {attr for (_, attr) in ModuleAnalyzer.for_module(name).find_attr_docs()}
+    except Exception:  # no source to analyse
+        documented = set()
+    return [m for m in members
+            if not (inspect.isclass(getattr(module, m)) or callable(getattr(module, m)))
+            and m not in documented]
+
+
 def api_sections() -> str:
-    out, claimed = [], set()
-    for name in public_modules():
-        members = documented_members(name, claimed)
-        # autodoc writes reStructuredText, so the directive sits in an eval-rst block
-        options = f"   :members: {', '.join(members)}\n   :undoc-members:\n" if members else ""
+    modules = public_modules()
+    claimed: set[str] = set()
+    members = {name: documented_members(name, claimed) for name in modules}
+    # a name that a package exports but that its defining (public) module does not list
+    # in its own __all__ is documented with that module
+    for name in modules:
+        module = importlib.import_module(name)
+        for member in getattr(module, "__all__", []):
+            obj = getattr(module, member, None)
+            home = getattr(obj, "__module__", None) if inspect.isclass(obj) or callable(obj) else None
+            key = f"{home}.{member}"
+            if home in members and key not in claimed and getattr(obj, "__name__", "") == member:
+                claimed.add(key)
+                members[home].append(member)
+    out = []
+    for name in modules:
+        data = _undocumented_data(name, members[name])
+        listed = [m for m in members[name] if m not in data]
+        # autodoc writes reStructuredText, so the directives sit in an eval-rst block
+        options = f"   :members: {', '.join(listed)}\n   :undoc-members:\n" if listed else ""
+        extra = "".join(f"\n.. autodata:: {name}.{m}\n" for m in data)
         out.append(f"## `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n{options}"
-                   f"   :show-inheritance:\n```\n")
+                   f"   :show-inheritance:\n{extra}```\n")
     return "\n".join(out)
 
 
@@ -194,20 +224,32 @@ def _api_page(app, docname, source) -> None:
 
 # ---------------------------------------------------------------- executed downloads
 def _executed_downloads(app, exception) -> None:
+    """Replace each notebook's download (_sources/<doc>.ipynb) by the executed notebook:
+    the source merged with its outputs from the build's jupyter-cache (myst-nb's own copy
+    in _build/jupyter_execute has no outputs when the notebook came from the cache)."""
     if exception is not None or app.builder.format != "html":
         return
-    executed = Path(app.outdir).parent / "jupyter_execute"
+    import nbformat
+    from jupyter_cache import get_cache
+
+    cache_path = getattr(app.config, "nb_execution_cache_path", "") or str(
+        Path(app.outdir).parent / ".jupyter_cache")
+    cache = get_cache(cache_path) if Path(cache_path).is_dir() else None
     sources = Path(app.outdir) / "_sources"
     copied = 0
     for docname in sorted(app.env.found_docs):
-        if not app.env.doc2path(docname).endswith(".ipynb"):
-            continue
-        done = executed / f"{docname}.ipynb"
+        source = app.env.doc2path(docname)
         target = sources / f"{docname}.ipynb"
-        if done.is_file() and target.parent.is_dir():
-            shutil.copyfile(done, target)
-            copied += 1
-    logger.info(f"[blr_site] {copied} executed notebooks copied to _sources/ (downloads)")
+        if not str(source).endswith(".ipynb") or not target.parent.is_dir() or cache is None:
+            continue
+        notebook = nbformat.read(source, as_version=4)
+        try:
+            _, merged = cache.merge_match_into_notebook(notebook)
+        except KeyError:  # not in the cache: executed in this build, or not executed
+            continue
+        nbformat.write(merged, target)
+        copied += 1
+    logger.info(f"[blr_site] {copied} executed notebooks written to _sources/ (downloads)")
 
 
 # ---------------------------------------------------------------- short references
