@@ -307,8 +307,11 @@ const done = arguments[arguments.length - 1];
     const m = t.match(/\$|\\\(|\\\)|\\\[|\\\]/);
     if (m) { out.stray.push(t.slice(Math.max(0, m.index - 40), m.index + 40).trim()); }
   }
-  for (const el of document.querySelectorAll('details')) { el.open = true; }
-  for (const el of document.querySelectorAll('.toggle-hidden')) { el.classList.remove('toggle-hidden'); }
+  // open hidden code to measure it; closed again at the end (for the screenshots)
+  const closed = [...document.querySelectorAll('details:not([open])')];
+  const toggled = [...document.querySelectorAll('.toggle-hidden')];
+  for (const el of closed) { el.open = true; }
+  for (const el of toggled) { el.classList.remove('toggle-hidden'); }
   await new Promise((r) => setTimeout(r, 50));
   for (const img of article.querySelectorAll('img')) {
     if (!img.complete || img.naturalWidth === 0) { out.broken.push(img.getAttribute('src')); continue; }
@@ -332,6 +335,9 @@ const done = arguments[arguments.length - 1];
       out.minTextPx = Math.min(out.minTextPx, parseFloat(getComputedStyle(el).fontSize));
     }
   }
+  for (const el of closed) { el.open = false; }
+  for (const el of toggled) { el.classList.add('toggle-hidden'); }
+  await sleep(50);
   out.pageOverflow = document.documentElement.scrollWidth - window.innerWidth;
   out.height = document.documentElement.scrollHeight;
   return out;
