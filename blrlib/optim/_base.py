@@ -14,14 +14,31 @@ r"""What every rule optimizer shares: validated hyperparameters, copies, checkpo
   state, ``skip_nonfinite``, the skipped-step count, the optimizer's name), and a
   ``load_state_dict()`` that validates the checkpoint (the optimizer it came from, the groups'
   hyperparameters, every parameter's buffers, their shapes and the step counts) and either loads
-  all of it or nothing: any bad checkpoint gives a ``ValueError`` naming what is wrong.
+  all of it or nothing: any bad checkpoint gives a ``ValueError`` naming what is wrong;
+* the sampling protocol, so that each optimizer supplies only its estimator and its statistics:
+  :meth:`RuleOptimizer.sampled_params` (the sample is written on entry and the parameters restored in
+  a ``finally`` block), the noise hook (:meth:`RuleOptimizer._draw_noise_`: a user ``noise_fn``, or one
+  draw per tensor from the generator on the tensor's device), Monte Carlo folding of several
+  ``sampled_params(train=True)`` blocks into running sums, the ``torch.amp.GradScaler`` protocol
+  (:meth:`RuleOptimizer._begin_step`), the closure loop and the non-finite policy (raise, or skip with
+  ``skip_nonfinite=True``, the skipped steps counted).
+
+Generators: ``generator=None`` draws from the global RNG of each parameter's device. A generator
+given by the user is used for the parameters on its device; for parameters on another device a
+generator on that device is created lazily, seeded by one draw from the user's generator, and its
+state travels in ``state_dict()`` too (so a resumed run is bit for bit the same on every device).
+
+What a subclass supplies: ``_write_sample_(train)`` (write the sample into the parameters, return
+what ``_restore_`` needs), ``_restore_``, ``_sample_terms`` and ``_accumulate_`` (its statistics of
+one sample and how they are summed), ``step`` (its update).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -63,7 +80,28 @@ class RuleOptimizer(Optimizer):
     #: optional buffers (e.g. a momentum that exists only when beta1 > 0)
     OPTIONAL_STATE_KEYS: tuple = ()
     #: attributes that are not tensors of the state but must survive a copy, with their defaults
-    ENGINEERING_DEFAULTS: dict = {"generator": None, "skip_nonfinite": False, "skipped_steps": 0}
+    ENGINEERING_DEFAULTS: dict = {"generator": None, "skip_nonfinite": False, "skipped_steps": 0,
+                                  "noise_fn": None, "_device_generators": None}
+    #: the base noise of a sample: ``"normal"`` (Gaussian candidates) or ``"uniform"`` (BayesBiNN)
+    NOISE: str = "normal"
+    #: True: a train sample is folded into the sums when its block exits (its gradient is read there);
+    #: False: lazily, when the next sample starts or ``zero_grad()`` is called, and ``step()`` reads the
+    #: last sample's gradient from ``p.grad`` itself (so clipping or unscaling after the block counts)
+    FOLD_ON_EXIT: bool = True
+
+    def _init_sampling(self, generator, skip_nonfinite, noise_fn=None) -> None:
+        """Check and set the engineering arguments every sampled optimizer has (call before
+        ``super().__init__``)."""
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
+        if noise_fn is not None and not callable(noise_fn):
+            raise ValueError(f"Invalid noise_fn: {noise_fn!r} (must be callable or None)")
+        self.generator = generator
+        self.noise_fn = noise_fn
+        self.skip_nonfinite = self._check_flag("skip_nonfinite", skip_nonfinite)
+        self.skipped_steps = 0
+        self._device_generators = None
+        RuleOptimizer._reset_transient(self)
 
     # ------------------------------------------------------------------ arguments
     def _validate_group(self, group: dict) -> None:
@@ -92,7 +130,7 @@ class RuleOptimizer(Optimizer):
         return d
 
     def _transient_attributes(self) -> tuple:
-        return ()
+        return ("_work", "_acc")
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -102,6 +140,12 @@ class RuleOptimizer(Optimizer):
 
     def _reset_transient(self) -> None:
         """Recreate the work buffers and sample bookkeeping after a copy or a load."""
+        self._work = {}
+        self._acc = {}
+        self._pending = False  # a train sample not yet folded into the sums
+        self._folded = 0  # train samples folded into self._acc since the last step
+        self._sampling = False
+        self._poisoned = False  # a sample was non-finite (skip_nonfinite): the next step is skipped
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -113,6 +157,8 @@ class RuleOptimizer(Optimizer):
         gen = getattr(self, "generator", None)
         if gen is not None:
             extra["generator_state"] = gen.get_state()
+        if getattr(self, "_device_generators", None):
+            extra["device_generator_states"] = {d: g.get_state() for d, g in self._device_generators.items()}
         sd["blrlib"] = extra
         return sd
 
@@ -166,6 +212,13 @@ class RuleOptimizer(Optimizer):
         gen = getattr(self, "generator", None)
         if gen_state is not None and gen is not None:
             gen.set_state(gen_state)
+        dev_states = extra.get("device_generator_states")
+        if dev_states and gen is not None:
+            self._device_generators = {}
+            for d, st in dev_states.items():
+                g = torch.Generator(device=d)
+                g.set_state(st)
+                self._device_generators[d] = g
         if "skip_nonfinite" in extra:
             self.skip_nonfinite = bool(extra["skip_nonfinite"])
         if "skipped_steps" in extra:
@@ -230,3 +283,187 @@ class RuleOptimizer(Optimizer):
 
     def _check_flag(self, name: str, value: Any) -> bool:
         return Range(kind="bool").check(name, value)
+
+    # ------------------------------------------------------------------ the sampling protocol
+    def _sampled(self, group: dict) -> list:
+        """The parameters of ``group`` that are sampled (those that require a gradient)."""
+        return [p for p in group["params"] if p.requires_grad]
+
+    def _generator_on(self, device: torch.device) -> Optional[torch.Generator]:
+        """The generator for tensors on ``device``: the user's one on its own device, else a generator on
+        ``device`` created on first use (seeded by one draw from the user's), ``None`` for the global RNG."""
+        gen = self.generator
+        if gen is None:
+            return None
+        gd = gen.device
+        if gd.type == device.type and (gd.index is None or device.index is None or gd.index == device.index):
+            return gen
+        if self._device_generators is None:
+            self._device_generators = {}
+        key = str(device)
+        dev_gen = self._device_generators.get(key)
+        if dev_gen is None:
+            seed = int(torch.randint(0, 2**62, (), generator=gen, device=gd))
+            dev_gen = torch.Generator(device=device)
+            dev_gen.manual_seed(seed)
+            self._device_generators[key] = dev_gen
+        return dev_gen
+
+    def _draw_noise_(self, bufs: list, group: dict) -> None:
+        """The noise hook: fill ``bufs`` (one buffer per sampled parameter of ``group``, in order) in place
+        with the base noise (``NOISE``): ``noise_fn(bufs, group)`` when one was given, else one
+        ``normal_``/``uniform_`` per tensor from the generator on its device."""
+        if not bufs:
+            return
+        if self.noise_fn is not None:
+            self.noise_fn(bufs, group)
+            return
+        gen = self._generator_on(bufs[0].device)
+        normal = self.NOISE == "normal"
+        for b in bufs:
+            if b.device != bufs[0].device:
+                gen = self._generator_on(b.device)
+            if normal:
+                b.normal_(generator=gen)
+            else:
+                b.uniform_(generator=gen)
+
+    def _write_sample_(self, train: bool) -> Any:
+        """Write a sample into the parameters (under ``no_grad``); return what :meth:`_restore_` needs."""
+        raise NotImplementedError
+
+    def _restore_(self, written: Any) -> None:
+        """Put back what :meth:`_write_sample_` replaced (under ``no_grad``; called in a ``finally``)."""
+        raise NotImplementedError
+
+    @contextmanager
+    def sampled_params(self, train: bool = False) -> Iterator[None]:
+        """Inside the block the parameters hold a sample of the candidate (see the optimizer's docstring).
+
+        On exit the parameters are restored exactly, also when the block raises (the failed sample is
+        discarded). With ``train=True`` the gradient computed inside the block is a Monte Carlo sample
+        that the next :meth:`step` averages; with ``train=False`` (prediction) nothing is recorded.
+        """
+        if self._sampling:
+            raise RuntimeError(f"{type(self).__name__}.sampled_params() blocks cannot be nested")
+        if train and self._pending:
+            self._fold_pending()
+        with torch.no_grad():
+            written = self._write_sample_(bool(train))
+        self._sampling = True
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            with torch.no_grad():
+                self._restore_(written)
+            self._sampling = False
+        if train and ok:
+            self._pending = True
+            if self.FOLD_ON_EXIT:
+                self._fold_pending()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Fold a finished Monte Carlo sample (if any) into the sums, then zero the gradients."""
+        if self._pending and not self._sampling:
+            self._fold_pending()
+        super().zero_grad(set_to_none=set_to_none)
+
+    def _sample_terms(self, items: list):
+        """This sample's terms ``[(p, term), ...]`` from ``items = [(group, p, grad), ...]``, or a string
+        saying what is wrong (a non-finite gradient or estimate). Default: ``term = (grad, group)``."""
+        return [(p, (g, group)) for group, p, g in items]
+
+    def _accumulate_(self, p: Tensor, term: Any) -> None:
+        """Add one sample's ``term`` of ``p`` to the running sums in ``self._acc``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _fold_pending(self) -> None:
+        """Fold the pending sample into the Monte Carlo sums: all parameters or, when the sample is not
+        finite, none (then the non-finite policy applies: raise, or skip the next step)."""
+        self._pending = False
+        items = []
+        for group in self.param_groups:
+            for p in self._sampled(group):
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise ValueError(f"Invalid gradient: sparse ({type(self).__name__} needs dense gradients)")
+                items.append((group, p, g))
+        terms = self._sample_terms(items)
+        if isinstance(terms, str):
+            self._reset_samples()
+            if self.skip_nonfinite:
+                self._poisoned = True
+                return
+            raise ValueError(terms)
+        for p, term in terms:
+            self._accumulate_(p, term)
+        self._folded += 1
+
+    def _reset_samples(self) -> None:
+        """Discard the samples of the current step."""
+        self._acc.clear()
+        self._pending = False
+        self._folded = 0
+        self._poisoned = False
+
+    def _mc_samples(self) -> int:
+        """How many samples ``step(closure)`` draws: the largest ``mc_samples`` of the groups (one sample
+        draws noise for every parameter)."""
+        return max(int(g.get("mc_samples", 1)) for g in self.param_groups)
+
+    def _closure_losses(self, closure: Callable, train: bool = True) -> list:
+        """Call ``closure`` once per Monte Carlo sample, each inside a fresh ``sampled_params`` block."""
+        if self._sampling:
+            raise RuntimeError(f"{type(self).__name__}.step(closure) cannot be called inside sampled_params()")
+        if not callable(closure):
+            raise ValueError(f"Invalid closure: {type(closure).__name__} (must be callable)")
+        losses = []
+        for _ in range(self._mc_samples()):
+            with torch.enable_grad(), self.sampled_params(train=train):
+                losses.append(closure())
+        return losses
+
+    def _begin_step(self) -> tuple:
+        """The GradScaler protocol and the sample count, before a step changes anything.
+
+        ``scaler.step(opt)`` sets ``grad_scale`` (``None`` after ``scaler.unscale_``) and ``found_inf`` on
+        an optimizer with ``_step_supports_amp_scaling``. Returns ``(skip, grad_scale, inv_scale,
+        under_scaler)``: ``skip`` when the scaler found an overflow or a sample was non-finite under
+        ``skip_nonfinite`` (the samples are discarded and the step counted in ``skipped_steps``).
+        Raises ``RuntimeError`` when there is no sample, or when ``scaler.unscale_`` was called although
+        samples were already folded with scaled gradients (their scale can no longer be removed)."""
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        under_scaler = found_inf is not None
+        name = type(self).__name__
+        if self._poisoned or (under_scaler and float(found_inf) > 0):
+            self._reset_samples()
+            self.skipped_steps += 1
+            return True, None, 1.0, under_scaler
+        if under_scaler and grad_scale is None and self._folded > 0:
+            self._reset_samples()
+            raise RuntimeError(
+                f"{name} under a GradScaler: do not call scaler.unscale_() before scaler.step() when samples "
+                f"were folded with scaled gradients; {name} unscales its Monte Carlo sums itself"
+            )
+        if self._folded + (1 if self._pending else 0) == 0:
+            raise RuntimeError(
+                f"{name}.step() needs at least one `with optimizer.sampled_params(train=True):` "
+                "block (forward and backward inside it) since the last step"
+            )
+        inv_scale = 1.0 / float(grad_scale) if grad_scale is not None else 1.0
+        return False, grad_scale, inv_scale, under_scaler
+
+    def _skip_or_raise(self, message: str, skip: bool = False) -> None:
+        """The non-finite policy of a step: discard the samples, then count a skipped step (with
+        ``skip_nonfinite`` or ``skip``) or raise ``ValueError(message)``."""
+        self._reset_samples()
+        if self.skip_nonfinite or skip:
+            self.skipped_steps += 1
+            return
+        raise ValueError(message)

@@ -7,8 +7,7 @@ Written from the update equations of the paper and of the Bayesian learning rule
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -237,26 +236,15 @@ class IVON(RuleOptimizer):
             rescale_lr=rescale_lr,
         )
         self._validate_group(defaults)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
-        if noise_fn is not None and not callable(noise_fn):
-            raise ValueError(f"Invalid noise_fn: {noise_fn!r} (must be callable or None)")
+        self._init_sampling(generator, skip_nonfinite, noise_fn)
         self.sync = bool(sync)
-        self.generator = generator
-        self.noise_fn = noise_fn
-        self.skip_nonfinite = bool(skip_nonfinite)
         if not isinstance(fused, bool):
             raise ValueError(f"Invalid fused: {fused!r} (must be True or False)")
         self.fused = fused
         self.cache_sigma = self._check_flag("cache_sigma", cache_sigma)
         self.process_group = process_group
-        self.skipped_steps = 0
-        # Work buffers (never saved): noise, saved mean, cached r = 1/sqrt(h + delta), MC sums.
-        self._work: dict = {}
-        self._acc: dict = {}
-        self._pending = False  # a train sample whose gradient is still in p.grad
-        self._folded = 0  # train samples already folded into self._acc
-        self._sampling = False
+        # Work buffers (never saved): noise, saved mean, cached r = 1/sqrt(h + delta), MC sums; the
+        # sample bookkeeping is the base's (RuleOptimizer._reset_transient).
         self._h_bounds: dict = {}  # carried bounds on h per plan (see _check_statistics)
         self._representable: set = set()  # hyperparameter tuples already checked by _check_representable
         super().__init__(params, defaults)
@@ -272,13 +260,9 @@ class IVON(RuleOptimizer):
         return ("_work", "_acc", "_h_bounds", "_representable", "process_group")
 
     def _reset_transient(self) -> None:
+        super()._reset_transient()
         self._representable = set()
         self._h_bounds = {}
-        self._work = {}
-        self._acc = {}
-        self._pending = False
-        self._folded = 0
-        self._sampling = False
 
     def rule_parameters(self) -> list:
         r"""Per group, the rule's :math:`\rho = 1-\beta_2`, :math:`N` (``ess``) and the prior precision of
@@ -329,72 +313,39 @@ class IVON(RuleOptimizer):
         torch.add(hess, wd, out=out)
         out.mul_(ess).rsqrt_()
 
-    def _sampled(self, group: dict) -> list:
-        return [p for p in group["params"] if p.requires_grad]
+    # ------------------------------------------------------------------ sampling (the base's protocol)
+    # RuleOptimizer.sampled_params(train) calls these two: theta = m + sigma * eps in every sampled
+    # parameter; the last train sample's gradient stays in p.grad (step() reads it), earlier ones are
+    # folded into the sums when the next sample starts or zero_grad() is called.
+    FOLD_ON_EXIT = False
 
-    def _draw_(self, noises: list, group: dict) -> None:
-        if not noises:
-            return
-        if self.noise_fn is not None:
-            self.noise_fn(noises, group)
-            return
-        gen = self.generator
-        if gen is not None and noises[0].device != gen.device and not (
-            noises[0].device.type == gen.device.type and gen.device.index is None
-        ):
-            raise ValueError(
-                f"Invalid generator: on {gen.device}, but parameters are on {noises[0].device}"
-            )
-        for n in noises:
-            n.normal_(generator=gen)
-
-    # ------------------------------------------------------------------ sampling
-    @contextmanager
-    def sampled_params(self, train: bool = False) -> Iterator[None]:
-        """Replace every parameter by a posterior sample ``m + sigma * eps`` inside the block.
-
-        On exit the mean ``m`` is restored exactly (also when the block raises). With
-        ``train=True`` the sample and the gradient computed inside the block are used by
-        the next :meth:`step`; with ``train=False`` (prediction) nothing is recorded.
-        """
-        if self._sampling:
-            raise RuntimeError("IVON.sampled_params() blocks cannot be nested")
-        if train and self._pending:
-            self._fold_pending()
+    def _write_sample_(self, train: bool) -> list:
         transient = (not train) and self._pending  # keep the pending sample's noise
         touched = []
-        with torch.no_grad():
-            for group in self.param_groups:
-                ps = self._sampled(group)
-                if not ps:
-                    continue
-                ws = [self._work_for(p, group) for p in ps]
-                if transient:
-                    noises = [torch.empty_like(w["noise"]) for w in ws]
-                else:
-                    noises = [w["noise"] for w in ws]
-                means = [w["mean"] for w in ws]
-                self._draw_(noises, group)
-                torch._foreach_copy_(means, ps)
-                touched.append((ps, means))
-                inv_sq = 1.0 / math.sqrt(float(group["ess"]))
-                if self.cache_sigma:
-                    # theta = m + sigma eps, sigma = r / sqrt(ess)
-                    torch._foreach_addcmul_(ps, noises, [w["rsd"] for w in ws], value=inv_sq)
-                else:
-                    self._sample_without_cache_(ps, means, noises, group, inv_sq)
-        self._sampling = True
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            with torch.no_grad():
-                for ps, means in touched:
-                    torch._foreach_copy_(ps, means)
-            self._sampling = False
-        if train and ok:
-            self._pending = True
+        for group in self.param_groups:
+            ps = self._sampled(group)
+            if not ps:
+                continue
+            ws = [self._work_for(p, group) for p in ps]
+            if transient:
+                noises = [torch.empty_like(w["noise"]) for w in ws]
+            else:
+                noises = [w["noise"] for w in ws]
+            means = [w["mean"] for w in ws]
+            self._draw_noise_(noises, group)
+            torch._foreach_copy_(means, ps)
+            touched.append((ps, means))
+            inv_sq = 1.0 / math.sqrt(float(group["ess"]))
+            if self.cache_sigma:
+                # theta = m + sigma eps, sigma = r / sqrt(ess)
+                torch._foreach_addcmul_(ps, noises, [w["rsd"] for w in ws], value=inv_sq)
+            else:
+                self._sample_without_cache_(ps, means, noises, group, inv_sq)
+        return touched
+
+    def _restore_(self, touched: list) -> None:
+        for ps, means in touched:
+            torch._foreach_copy_(ps, means)
 
     def _sample_without_cache_(self, ps, means, noises, group, inv_sq) -> None:
         """theta = m + eps / sqrt(N (h + delta)), with sigma recomputed in the parameter's own storage."""
@@ -418,41 +369,29 @@ class IVON(RuleOptimizer):
             torch._foreach_mul_(qs, inv_sq)  # sigma eps
             torch._foreach_add_(qs, ms)  # m + sigma eps
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Fold a finished Monte Carlo sample (if any) into the sums, then zero gradients."""
-        if self._pending and not self._sampling:
-            self._fold_pending()
-        super().zero_grad(set_to_none=set_to_none)
+    def _new_sums(self, p: Tensor) -> dict:
+        dt = _state_dtype(p)
+        acc = self._acc[p] = {"grad": torch.zeros_like(p, dtype=dt), "hsum": torch.zeros_like(p, dtype=dt)}
+        return acc
 
-    @torch.no_grad()
-    def _fold_pending(self) -> None:
-        """Add the pending sample's gradient and Price product (or g^2) to the MC sums."""
-        for group in self.param_groups:
-            price = group["hess_approx"] == "price"
-            for p in self._sampled(group):
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if g.is_sparse:
-                    raise ValueError("Invalid gradient: sparse (IVON needs dense gradients)")
-                acc = self._acc.get(p)
-                if acc is None:
-                    dt = _state_dtype(p)
-                    acc = self._acc[p] = {
-                        "grad": torch.zeros_like(p, dtype=dt),
-                        "hsum": torch.zeros_like(p, dtype=dt),
-                    }
-                acc["grad"].add_(g)
-                if price:
-                    acc["hsum"].addcmul_(self._work[p]["noise"], g)
-                else:
-                    acc["hsum"].addcmul_(g, g)
-        self._folded += 1
-        self._pending = False
+    def _accumulate_(self, p: Tensor, term) -> None:
+        """IVON's statistics of one sample: g, and the Price product eps * g (or g * g)."""
+        g, group = term
+        acc = self._acc.get(p)
+        if acc is None:
+            acc = self._new_sums(p)
+        acc["grad"].add_(g)
+        if group["hess_approx"] == "price":
+            acc["hsum"].addcmul_(self._work[p]["noise"], g)
+        else:
+            acc["hsum"].addcmul_(g, g)
 
     def _reset_samples(self) -> None:
+        # the sum buffers are kept (zeroed) for the next step; _gather treats them as empty while
+        # no sample was folded
         self._pending = False
         self._folded = 0
+        self._poisoned = False
         for acc in self._acc.values():
             acc["grad"].zero_()
             acc["hsum"].zero_()
@@ -467,36 +406,14 @@ class IVON(RuleOptimizer):
         """
         loss = None
         if closure is not None:
-            if self._sampling:
-                raise RuntimeError("IVON.step(closure) cannot be called inside sampled_params()")
-            losses = []
-            for _ in range(int(self.defaults["mc_samples"])):
-                with torch.enable_grad(), self.sampled_params(train=True):
-                    losses.append(closure())
+            losses = self._closure_losses(closure)
             loss = sum(losses) / len(losses)
         if self._sampling:
             raise RuntimeError("IVON.step() called inside a sampled_params() block")
-
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
-        under_scaler = found_inf is not None
-        if under_scaler and float(found_inf) > 0:
-            self._reset_samples()
-            self.skipped_steps += 1
-            return loss
         n_samples = self._folded + (1 if self._pending else 0)
-        if n_samples == 0:
-            raise RuntimeError(
-                "IVON.step() needs at least one `with optimizer.sampled_params(train=True):` "
-                "block (forward and backward inside) since the last step"
-            )
-        if under_scaler and grad_scale is None and self._folded > 0:
-            self._reset_samples()
-            raise RuntimeError(
-                "IVON with several MC samples under a GradScaler: do not call scaler.unscale_() "
-                "before scaler.step(); IVON unscales its Monte Carlo sums itself"
-            )
-        inv_scale = 1.0 / float(grad_scale) if grad_scale is not None else 1.0
+        skip, _, inv_scale, under_scaler = self._begin_step()  # GradScaler protocol (the base's)
+        if skip:
+            return loss
 
         # Phase 1: gather g and the Hessian statistic for each group (nothing of m, h touched).
         plans = []
@@ -515,14 +432,10 @@ class IVON(RuleOptimizer):
             raise
         what = self._check_statistics(plans, scale, inv_scale, n_samples)
         if what is not None:
-            self._reset_samples()
-            if self.skip_nonfinite or under_scaler:
-                self.skipped_steps += 1
-                return loss
-            raise ValueError(
+            self._skip_or_raise(
                 f"IVON.step(): {what}; the step was not taken and m, h "
-                "are unchanged (pass skip_nonfinite=True to skip such steps instead)"
-            )
+                "are unchanged (pass skip_nonfinite=True to skip such steps instead)", skip=under_scaler)
+            return loss
         # Phase 2: update. The Price statistic eps*g was formed from scaled gradients (one factor of the
         # loss scale S); the squared gradient from two (S^2).
         for group, plan in plans:
@@ -550,17 +463,9 @@ class IVON(RuleOptimizer):
             w = self._work[p]
             if use_acc:
                 if acc is None:
-                    dt = _state_dtype(p)
-                    acc = self._acc[p] = {
-                        "grad": torch.zeros_like(p, dtype=dt),
-                        "hsum": torch.zeros_like(p, dtype=dt),
-                    }
+                    acc = self._new_sums(p)
                 if g is not None:
-                    acc["grad"].add_(g)
-                    if price:
-                        acc["hsum"].addcmul_(w["noise"], g)
-                    else:
-                        acc["hsum"].addcmul_(g, g)
+                    self._accumulate_(p, (g, group))
                 grads.append(acc["grad"])
                 hstats.append(acc["hsum"])
             else:
