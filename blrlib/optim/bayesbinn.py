@@ -212,20 +212,10 @@ class _BinaryRule(RuleOptimizer):
     # on the optimizer; step() unscales the sums itself (they were folded from scaled gradients).
     _step_supports_amp_scaling = True
 
-    def __init__(self, params, defaults: dict, generator: Optional[torch.Generator], skip_nonfinite: bool = False):
+    def __init__(self, params, defaults: dict, generator: Optional[torch.Generator], skip_nonfinite: bool = False,
+                 noise_fn=None):
         self._validate_group(defaults)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
-        if not isinstance(skip_nonfinite, bool):
-            raise ValueError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (must be True or False)")
-        self.generator = generator
-        self.skip_nonfinite = skip_nonfinite
-        self.skipped_steps = 0
-        self._work: dict = {}
-        self._acc: dict = {}
-        self._num_samples = 0
-        self._sampling = False
-        self._poisoned = False
+        self._init_sampling(generator, skip_nonfinite, noise_fn)
         super().__init__(params, defaults)
 
     # -------------------------------------------------------------- arguments
@@ -235,16 +225,6 @@ class _BinaryRule(RuleOptimizer):
     def _required_state_keys(self, group: dict) -> tuple:
         return ("momentum_buffer",) if float(group["momentum"]) > 0.0 else ()
 
-    def _transient_attributes(self) -> tuple:
-        return ("_work", "_acc")
-
-    def _reset_transient(self) -> None:
-        self._work = {}
-        self._acc = {}
-        self._num_samples = 0
-        self._sampling = False
-        self._poisoned = False
-
     def rule_parameters(self) -> list:
         r"""Per group, the rule's :math:`\rho` (``lr``), :math:`N` (``ess``) and the prior's natural
         parameter :math:`\lambda_0` (``prior_lambda``)."""
@@ -252,9 +232,14 @@ class _BinaryRule(RuleOptimizer):
                 for g in self.param_groups]
 
     # -------------------------------------------------------------- hooks for the subclasses
-    def _train_weights_(self, p: Tensor, lam: Tensor, group: dict) -> None:
-        """Write the weights the network computes with into ``p`` (which holds ``lam`` on entry)."""
+    def _train_weights_(self, p: Tensor, lam: Tensor, group: dict, noise: Optional[Tensor]) -> None:
+        """Write the weights the network computes with into ``p`` (which holds ``lam`` on entry);
+        ``noise`` is this sample's draw for ``p`` (``None`` when the estimator draws none)."""
         raise NotImplementedError
+
+    def _sample_noise(self, ps: list, group: dict) -> Optional[list]:
+        """The noise of one sample for the parameters ``ps`` of ``group`` (``None``: no noise)."""
+        return None
 
     def _grad_mu(self, p: Tensor, grad: Tensor, group: dict) -> Tensor:
         """This sample's estimate of the gradient with respect to mu (the N factor included)."""
@@ -265,10 +250,13 @@ class _BinaryRule(RuleOptimizer):
 
     # -------------------------------------------------------------- helpers
     def _managed(self, group: dict) -> list:
-        return [p for p in group["params"] if p.requires_grad]
+        return self._sampled(group)
 
     def _uniform(self, p: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-        if generator is not None and generator.device.type != p.device.type:
+        """Uniform draws shaped like ``p`` from ``generator`` (``None``: the optimizer's, on p's device)."""
+        if generator is None:
+            generator = self._generator_on(p.device)
+        elif generator.device.type != p.device.type:
             raise ValueError(f"Invalid generator: on {generator.device}, but parameters are on {p.device}")
         return torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device)
 
@@ -280,15 +268,10 @@ class _BinaryRule(RuleOptimizer):
         buf.copy_(p)
         return buf
 
-    def _discard_samples(self, poisoned: bool = False) -> None:
-        """Drop the sums of the current step; ``poisoned=True`` makes the next step() a skipped one."""
-        self._acc.clear()
-        self._num_samples = 0
-        self._poisoned = poisoned
-
-    # -------------------------------------------------------------- the protocol
-    @contextmanager
-    def sampled_params(self, train: bool = False) -> Iterator[None]:
+    # -------------------------------------------------------------- the protocol (the base's)
+    # RuleOptimizer.sampled_params(train) calls _write_sample_/_restore_; a train sample is folded
+    # when its block exits (FOLD_ON_EXIT): the gradient is with respect to the weights written here.
+    def sampled_params(self, train: bool = False):
         r"""Inside the block the parameters hold the weights the network computes with.
 
         :class:`STE`: :math:`\tanh\lambda` (``forward="mean"``) or :math:`\mathrm{sign}\lambda`
@@ -297,67 +280,49 @@ class _BinaryRule(RuleOptimizer):
         are cleared on entry and, on a normal exit, this sample's :math:`\hat\gv_\mu` is added to the
         sums that the next :meth:`step` averages; with ``train=False`` nothing is recorded.
         """
-        if self._sampling:
-            raise RuntimeError(f"{type(self).__name__}.sampled_params() blocks cannot be nested")
-        touched = []
-        with torch.no_grad():
-            for group in self.param_groups:
-                for p in self._managed(group):
-                    lam = self._saved_lambda(p)
-                    if train:
-                        p.grad = None
-                    self._train_weights_(p, lam, group)
-                    touched.append((p, lam, group))
-        self._sampling = True
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            with torch.no_grad():
-                for p, lam, _ in touched:
-                    p.copy_(lam)
-            self._sampling = False
-        if train and ok:
-            self._fold(touched)
+        return super().sampled_params(train)
 
-    @torch.no_grad()
-    def _fold(self, touched: list) -> None:
-        terms = []
-        for p, lam, group in touched:
-            if p.grad is None:
+    def _write_sample_(self, train: bool) -> list:
+        touched = []
+        for group in self.param_groups:
+            ps = self._managed(group)
+            if not ps:
                 continue
-            g = p.grad
-            if g.is_sparse:
-                raise ValueError(f"Invalid gradient: {type(self).__name__} does not support sparse gradients")
+            lams = [self._saved_lambda(p) for p in ps]
+            if train:
+                for p in ps:
+                    p.grad = None
+            noises = self._sample_noise(ps, group)
+            for i, (p, lam) in enumerate(zip(ps, lams)):
+                self._train_weights_(p, lam, group, None if noises is None else noises[i])
+                touched.append((p, lam))
+        return touched
+
+    def _restore_(self, touched: list) -> None:
+        for p, lam in touched:
+            p.copy_(lam)
+
+    def _sample_terms(self, items: list):
+        r"""This sample's :math:`\hat\gv_\mu` per parameter, or what is not finite."""
+        terms = []
+        for group, p, g in items:
             if not bool(torch.isfinite(g).all()):
-                if self.skip_nonfinite:
-                    self._discard_samples(poisoned=True)
-                    return
-                self._discard_samples()
-                raise ValueError(
-                    f"Invalid gradient: a parameter of shape {tuple(p.shape)} has a NaN or infinite gradient; "
-                    "the sample was discarded (lambda and the optimizer state are unchanged)"
-                )
+                return (f"Invalid gradient: a parameter of shape {tuple(p.shape)} has a NaN or infinite gradient; "
+                        "the sample was discarded (lambda and the optimizer state are unchanged)")
             term = self._grad_mu(p, g, group)
             if not bool(torch.isfinite(term).all()):
-                if self.skip_nonfinite:
-                    self._discard_samples(poisoned=True)
-                    return
-                self._discard_samples()
-                raise ValueError(
-                    f"Invalid gradient estimate: the gradient with respect to mu of a parameter of shape "
-                    f"{tuple(p.shape)} overflowed ({self._overflow_hint(group)}); the sample was discarded "
-                    "(lambda and the optimizer state are unchanged)"
-                )
+                return (f"Invalid gradient estimate: the gradient with respect to mu of a parameter of shape "
+                        f"{tuple(p.shape)} overflowed ({self._overflow_hint(group)}); the sample was discarded "
+                        "(lambda and the optimizer state are unchanged)")
             terms.append((p, term))
-        for p, term in terms:
-            acc = self._acc.get(p)
-            if acc is None:
-                self._acc[p] = term.clone()
-            else:
-                acc.add_(term)
-        self._num_samples += 1
+        return terms
+
+    def _accumulate_(self, p: Tensor, term: Tensor) -> None:
+        acc = self._acc.get(p)
+        if acc is None:
+            self._acc[p] = term.clone()
+        else:
+            acc.add_(term)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
@@ -369,31 +334,13 @@ class _BinaryRule(RuleOptimizer):
         """
         loss = None
         if closure is not None:
-            losses = []
-            for _ in range(int(self.param_groups[0]["mc_samples"])):
-                with torch.enable_grad(), self.sampled_params(train=True):
-                    losses.append(closure())
+            losses = self._closure_losses(closure)
             loss = torch.stack([torch.as_tensor(v).detach().float() for v in losses]).mean()
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
-        under_scaler = found_inf is not None
-        if self._poisoned or (under_scaler and float(found_inf) > 0):
-            # a non-finite gradient (skip_nonfinite=True) or an overflow seen by a GradScaler
-            self._discard_samples()
-            self.skipped_steps += 1
+        # the GradScaler protocol (the base's): skip on an overflow or a non-finite sample
+        skip, grad_scale, _, _ = self._begin_step()
+        if skip:
             return loss
-        if under_scaler and grad_scale is None and self._num_samples > 0:
-            self._discard_samples()
-            raise RuntimeError(
-                f"{type(self).__name__} under a GradScaler: do not call scaler.unscale_() before scaler.step(); "
-                "the gradients were read (scaled) when each sampled_params block exited, and step() unscales them"
-            )
-        if self._num_samples == 0:
-            raise RuntimeError(
-                f"{type(self).__name__}.step() needs at least one `with optimizer.sampled_params(train=True):` "
-                "block (forward and backward inside it) since the last step"
-            )
-        m = float(self._num_samples)
+        m = float(self._folded)
         for group in self.param_groups:
             rho, lam0, beta = group["lr"], group["prior_lambda"], group["momentum"]
             for p in self._managed(group):
@@ -421,12 +368,8 @@ class _BinaryRule(RuleOptimizer):
                 p.copy_(new)
                 if buf is not None:
                     buf.copy_(new_buf)
-        self._discard_samples()
+        self._reset_samples()
         return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero the gradients (the sums of the current step are kept)."""
-        super().zero_grad(set_to_none=set_to_none)
 
     # -------------------------------------------------------------- read-outs and prediction
     @torch.no_grad()
@@ -516,16 +459,17 @@ class STE(_BinaryRule):
         *,
         generator: Optional[torch.Generator] = None,
         skip_nonfinite: bool = False,
+        noise_fn=None,
     ):
         _v.require_ess(ess)
         defaults = dict(
             lr=lr, ess=ess, prior_lambda=prior_lambda, momentum=momentum, forward=forward, mc_samples=mc_samples
         )
-        super().__init__(params, defaults, generator, skip_nonfinite)
+        super().__init__(params, defaults, generator, skip_nonfinite, noise_fn)
 
     RANGES = dict(BINARY_RANGES, forward=Range(kind="choice", choices=("mean", "sign")))
 
-    def _train_weights_(self, p: Tensor, lam: Tensor, group: dict) -> None:
+    def _train_weights_(self, p: Tensor, lam: Tensor, group: dict, noise: Optional[Tensor]) -> None:
         if group["forward"] == "mean":
             torch.tanh(lam, out=p)
         else:
@@ -570,7 +514,9 @@ class BayesBiNN(_BinaryRule):
     :math:`p = \sigma(2\lambda)`.
 
     ``skip_nonfinite=True`` skips steps with a NaN or infinite gradient instead of raising (use it
-    with ``torch.amp.GradScaler``; see :mod:`blrlib.optim.bayesbinn`).
+    with ``torch.amp.GradScaler``; see :mod:`blrlib.optim.bayesbinn`). ``noise_fn(uniforms, group)``,
+    if given, fills the list of uniform buffers (one per managed parameter of ``group``) in place
+    instead of the generator (the noise hook of :class:`~blrlib.optim.RuleOptimizer`).
 
     Note: the authors' released code forms :math:`\tanh\lambda` in :math:`\sv` from the previous
     iterate of :math:`\lambda`; this class follows the algorithm as written (the current :math:`\lambda`).
@@ -588,6 +534,7 @@ class BayesBiNN(_BinaryRule):
         *,
         generator: Optional[torch.Generator] = None,
         skip_nonfinite: bool = False,
+        noise_fn=None,
     ):
         _v.require_ess(ess)
         defaults = dict(
@@ -598,14 +545,21 @@ class BayesBiNN(_BinaryRule):
             momentum=momentum,
             mc_samples=mc_samples,
         )
-        super().__init__(params, defaults, generator, skip_nonfinite)
+        super().__init__(params, defaults, generator, skip_nonfinite, noise_fn)
 
     RANGES = dict(BINARY_RANGES, temperature=Range(low=0.0, low_open=True))
 
-    def _train_weights_(self, p: Tensor, lam: Tensor, group: dict) -> None:
-        u = self._uniform(p, self.generator)
-        self._work[p]["uniform"] = u
-        p.copy_(relaxed_sample(lam, u, float(group["temperature"])))
+    NOISE = "uniform"
+
+    def _sample_noise(self, ps: list, group: dict) -> list:
+        """One uniform draw per managed parameter, in order, through the base's noise hook."""
+        us = [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in ps]
+        self._draw_noise_(us, group)
+        return us
+
+    def _train_weights_(self, p: Tensor, lam: Tensor, group: dict, noise: Optional[Tensor]) -> None:
+        self._work[p]["uniform"] = noise
+        p.copy_(relaxed_sample(lam, noise, float(group["temperature"])))
 
     def _overflow_hint(self, group: dict) -> str:
         tau = float(group["temperature"])
