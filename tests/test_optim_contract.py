@@ -563,3 +563,96 @@ def test_ivon_without_the_sigma_cache_is_the_same_optimizer(dtype, samples):
                                                          for p in model.parameters()]))
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-2, atol=1e-2)
     torch.testing.assert_close(runs[1], runs[0], **tol)
+
+
+# ------------------------------------------------------------------------------ the one sampling protocol
+RULE_IDS = [repr(d) for d in RULE_OPTIMIZERS]
+
+
+@pytest.mark.parametrize("driver", RULE_OPTIMIZERS, ids=RULE_IDS)
+def test_sampling_protocol_is_written_once(driver):
+    """sampled_params, the noise hook, the generators, Monte Carlo folding, the GradScaler protocol,
+    the closure loop and the non-finite policy are RuleOptimizer's; no optimizer has its own copy."""
+    from blrlib.optim import RuleOptimizer
+
+    for name in ("_fold_pending", "_begin_step", "_skip_or_raise", "_draw_noise_", "_generator_on",
+                 "_closure_losses", "zero_grad", "_init_sampling"):
+        assert getattr(driver.cls, name) is getattr(RuleOptimizer, name), name
+    # sampled_params itself: the base's contextmanager (a subclass may only wrap it for its docstring)
+    model = model_()
+    opt = driver.make(model.parameters())
+    with opt.sampled_params():
+        with pytest.raises(RuntimeError, match="cannot be nested"):
+            with opt.sampled_params():
+                pass
+
+
+@pytest.mark.parametrize("driver", [d for d in RULE_OPTIMIZERS if d.cls is not STE], ids=repr)
+def test_noise_hook_replaces_the_generator(driver):
+    """noise_fn(bufs, group) fills the base noise of a sample: zeros give theta = m exactly (Gaussians),
+    uniforms of 1/2 give w = tanh(lambda / tau) (BayesBiNN); it is called once per group, in order."""
+    calls = []
+    fill = 0.5 if driver.cls is BayesBiNN else 0.0
+
+    def noise_fn(bufs, group):
+        calls.append((len(bufs), group["lr"]))
+        for b in bufs:
+            b.fill_(fill)
+
+    model = model_()
+    opt = driver.make(model.parameters(), noise_fn=noise_fn)
+    mean = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad(), opt.sampled_params():
+        inside = [p.detach().clone() for p in model.parameters()]
+    expected = [torch.tanh(m) for m in mean] if driver.cls is BayesBiNN else mean
+    for a, b in zip(inside, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert calls == [(2, driver.kwargs["lr"])]
+    X, y = data()
+    driver.step(model, opt, X, y)  # a train step runs on the hook alone (no generator)
+    assert len(calls) >= (2 if driver.sampled else 1)  # OGN's step takes its gradients at the mean
+
+
+def test_ogn_refuses_train_samples():
+    model = model_()
+    opt = OGN(model.parameters(), lr=0.1, ess=N)
+    with pytest.raises(ValueError, match="Invalid train: True"):
+        with opt.sampled_params(train=True):
+            pass
+    assert not opt._sampling
+
+
+@pytest.mark.parametrize("driver", SAMPLED, ids=repr)
+def test_no_device_generator_when_the_generator_is_on_the_parameters_device(driver):
+    model = model_()
+    opt = driver.make(model.parameters())
+    X, y = data()
+    driver.step(model, opt, X, y)
+    assert opt._device_generators is None
+    assert "device_generator_states" not in opt.state_dict()["blrlib"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("driver", SAMPLED, ids=repr)
+def test_generator_on_another_device_gets_a_per_device_generator(driver):
+    """A CPU generator with CUDA parameters: a CUDA generator is created on first use (seeded from
+    the CPU one), so two runs with the same seed agree, and a resume from state_dict is bit-exact."""
+    X, y = (t.cuda() for t in data())
+
+    def run(steps, resume_at=None):
+        model = model_().cuda()
+        opt = driver.make(model.parameters(), seed=3)
+        for t in range(steps):
+            if t == resume_at:
+                sd = copy.deepcopy(opt.state_dict())
+                opt = driver.make(model.parameters(), seed=99)
+                opt.load_state_dict(sd)
+            driver.step(model, opt, X, y)
+        return flat(model), opt
+
+    a, opt = run(4)
+    b, _ = run(4)
+    c, _ = run(4, resume_at=2)
+    assert "cuda" in next(iter(opt._device_generators))
+    assert "device_generator_states" in opt.state_dict()["blrlib"]
+    assert torch.equal(a, b) and torch.equal(a, c)

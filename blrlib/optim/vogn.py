@@ -67,8 +67,7 @@ Weight-Perturbation in Adam", ICML 2018.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -171,6 +170,9 @@ class OGN(RuleOptimizer):
             part of ``state_dict()``, so a sampled run resumes bit for bit.
         skip_nonfinite: if True, a step whose per-example gradients (or their squares) are not finite
             is skipped (``skipped_steps`` counts them) instead of raising (default: False).
+        noise_fn: ``noise_fn(noises, group)`` fills the list of noise buffers (one per trainable
+            parameter of ``group``) with standard normal draws in place of ``generator`` (the noise
+            hook of :class:`~blrlib.optim.RuleOptimizer`).
 
     State per parameter: ``step`` (a tensor), ``precision`` :math:`s`, and ``momentum``
     :math:`\bar g` when :math:`\beta_1 > 0`; 16-bit parameters keep float32 state. A NaN or infinite
@@ -211,6 +213,7 @@ class OGN(RuleOptimizer):
         *,
         generator: torch.Generator | None = None,
         skip_nonfinite: bool = False,
+        noise_fn=None,
         _extra_defaults: dict | None = None,
     ):
         _v.require_ess(ess)
@@ -225,11 +228,7 @@ class OGN(RuleOptimizer):
             **(_extra_defaults or {}),
         )
         self._validate_group(defaults)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
-        self.generator = generator
-        self.skip_nonfinite = self._check_flag("skip_nonfinite", skip_nonfinite)
-        self.skipped_steps = 0
+        self._init_sampling(generator, skip_nonfinite, noise_fn)
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ arguments
@@ -291,34 +290,46 @@ class OGN(RuleOptimizer):
         return [dict(rho=1.0 - float(g["beta2"]), ess=float(g["ess"]), prior_precision=float(g["prior_precision"]))
                 for g in self.param_groups]
 
-    def _standard_normal(self, p: Tensor) -> Tensor:
-        gen = self.generator
-        dtype = _state_dtype(p)
-        if gen is None:
-            return torch.randn(p.shape, dtype=dtype, device=p.device)
-        return torch.randn(p.shape, generator=gen, dtype=dtype, device=gen.device).to(p.device)
-
-    @contextmanager
-    def sampled_params(self) -> Iterator[None]:
+    # ------------------------------------------------------------------ sampling (the base's protocol)
+    def sampled_params(self, train: bool = False):
         r"""Inside the block every trainable parameter holds a sample :math:`\theta = m + \epsilon/\sqrt{s}`.
 
         The noise :math:`\epsilon\sim\mathcal N(0, I)` is drawn per parameter, in param-group order,
-        from ``generator``. On exit (also on an exception) the mean :math:`m` is restored exactly.
-        Use it for prediction with posterior samples, and, with VOGN's explicit API, to compute
-        per-example gradients at a sample before ``step(per_example_grads=...)``.
+        from ``generator`` (or ``noise_fn``). On exit (also on an exception) the mean :math:`m` is
+        restored exactly. Use it for prediction with posterior samples, and, with VOGN's explicit API,
+        to compute per-example gradients at a sample before ``step(per_example_grads=...)``.
+        ``train=True`` is refused: OGN/VOGN read per-example gradients, not ``p.grad``.
         """
-        saved = []
-        try:
-            with torch.no_grad():
-                for group, p in self._trainable():
-                    eps = self._standard_normal(p)
-                    saved.append((p, p.detach().clone()))
-                    p.add_((eps * self._precision(p, group).rsqrt()).to(p.dtype))
-            yield
-        finally:
-            with torch.no_grad():
-                for p, mean in saved:
-                    p.copy_(mean)
+        if train:
+            raise ValueError(
+                "Invalid train: True (OGN/VOGN take per-example gradients: use step(closure) or "
+                "step(per_example_grads=...), with the gradients computed inside sampled_params())"
+            )
+        return super().sampled_params(False)
+
+    def _write_sample_(self, train: bool) -> list:
+        touched = []
+        for group in self.param_groups:
+            ps = self._sampled(group)
+            ws = []
+            for p in ps:
+                w = self._work.get(p)
+                if w is None or w["mean"].shape != p.shape or w["mean"].dtype != p.dtype:
+                    w = self._work[p] = {
+                        "mean": torch.empty_like(p, memory_format=torch.preserve_format),
+                        "noise": torch.empty(p.shape, dtype=_state_dtype(p), device=p.device),
+                    }
+                ws.append(w)
+            self._draw_noise_([w["noise"] for w in ws], group)
+            for p, w in zip(ps, ws):
+                w["mean"].copy_(p)
+                touched.append((p, w["mean"]))
+                p.add_((w["noise"] * self._precision(p, group).rsqrt()).to(p.dtype))
+        return touched
+
+    def _restore_(self, touched: list) -> None:
+        for p, mean in touched:
+            p.copy_(mean)
 
     # ------------------------------------------------------------------ statistics
     def _accumulate(self, sums: list, grads: Sequence, params: list) -> None:
@@ -395,16 +406,14 @@ class OGN(RuleOptimizer):
                     "parameters that require a gradient; they must match (use None to skip one)"
                 )
             self._accumulate(sums, grads, params)
-        # Check everything before changing anything.
+        # Check everything before changing anything (the non-finite policy is the base's).
         for k, acc in enumerate(sums):
             if acc is not None and not (bool(torch.isfinite(acc[0]).all()) and bool(torch.isfinite(acc[1]).all())):
-                if self.skip_nonfinite:
-                    self.skipped_steps += 1
-                    return loss
-                raise ValueError(
+                self._skip_or_raise(
                     f"the per-example gradients of parameter {k} (shape {tuple(params[k][1].shape)}) contain NaN "
                     "or infinite values (or overflow when squared); the step was not taken and m, s are unchanged"
                 )
+                return loss
         with torch.no_grad():
             buckets: dict = {}
             for (group, p), acc in zip(params, sums):
@@ -480,6 +489,7 @@ class VOGN(OGN):
         *,
         generator: torch.Generator | None = None,
         skip_nonfinite: bool = False,
+        noise_fn=None,
     ):
         super().__init__(
             params,
@@ -492,6 +502,7 @@ class VOGN(OGN):
             debias=debias,
             generator=generator,
             skip_nonfinite=skip_nonfinite,
+            noise_fn=noise_fn,
             _extra_defaults=dict(mc_samples=mc_samples),
         )
 
@@ -500,7 +511,8 @@ class VOGN(OGN):
 
     def _closure_pass(self, closure: Callable, params: list, sums: list) -> Tensor:
         # One sample draws noise for every parameter, so K is global: the largest over the groups.
-        samples = max(int(g["mc_samples"]) for g in self.param_groups)
+        # (The per-example gradients are taken inside each block, before the mean is restored.)
+        samples = self._mc_samples()
         total = None
         for _ in range(samples):
             with self.sampled_params():
