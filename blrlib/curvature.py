@@ -59,7 +59,7 @@ class PerExampleGradients(NamedTuple):
 
 
 class GradientStatistics(NamedTuple):
-    r"""Minibatch mean loss, mean gradient :math:`\hat g` and Gauss-Newton diagonal :math:`\hat h` (dicts by name)."""
+    r"""Minibatch mean loss, mean gradient :math:`\hat g` and "Gauss-Newton" (empirical Fisher) diagonal :math:`\hat h` (dicts by name)."""
 
     loss: Tensor
     grad: dict
