@@ -158,7 +158,9 @@ class IVON(RuleOptimizer):
     Keyword-only engineering arguments:
 
     * ``generator``: a :class:`torch.Generator` for the noise (default: the global RNG
-      of each parameter's device). It must live on the parameters' device.
+      of each parameter's device). For parameters on another device than the generator's, a
+      generator on their device is created on first use, seeded by one draw from this one, and
+      carried in ``state_dict()`` (see :class:`~blrlib.optim.RuleOptimizer`).
     * ``noise_fn``: ``noise_fn(noises, group)`` fills the list of noise buffers (one per
       sampled parameter of ``group``) in place with standard normal draws; overrides
       ``generator``. See :func:`flat_group_noise`.
@@ -246,6 +248,7 @@ class IVON(RuleOptimizer):
         # Work buffers (never saved): noise, saved mean, cached r = 1/sqrt(h + delta), MC sums; the
         # sample bookkeeping is the base's (RuleOptimizer._reset_transient).
         self._h_bounds: dict = {}  # carried bounds on h per plan (see _check_statistics)
+        self._stat_plans: dict = {}  # h's buffers per plan (see _check_statistics)
         self._representable: set = set()  # hyperparameter tuples already checked by _check_representable
         super().__init__(params, defaults)
 
@@ -257,12 +260,13 @@ class IVON(RuleOptimizer):
 
     def _transient_attributes(self) -> tuple:
         # a process group cannot be pickled: a copy uses the default group (pass it again if needed)
-        return ("_work", "_acc", "_h_bounds", "_representable", "process_group")
+        return ("_work", "_acc", "_h_bounds", "_stat_plans", "_representable", "process_group")
 
     def _reset_transient(self) -> None:
         super()._reset_transient()
         self._representable = set()
         self._h_bounds = {}
+        self._stat_plans = {}
 
     def rule_parameters(self) -> list:
         r"""Per group, the rule's :math:`\rho = 1-\beta_2`, :math:`N` (``ess``) and the prior precision of
@@ -501,7 +505,8 @@ class IVON(RuleOptimizer):
         if params:
             if price and not use_acc:
                 torch._foreach_mul_(hstats, grads)
-            plans.append(dict(params=params, grads=grads, hstats=hstats, works=works, grads_check=checks))
+            plans.append(dict(params=params, grads=grads, hstats=hstats, works=works, grads_check=checks,
+                              price_only=price and not use_acc))
         return plans
 
     def _check_representable(self, group: dict, p: Tensor) -> None:
@@ -534,43 +539,59 @@ class IVON(RuleOptimizer):
         move; ``None`` if the step is safe, else what is wrong."""
         new_bounds = []
         for group, plan in plans:
-            if not plan["params"]:
+            params = plan["params"]
+            if not params:
                 continue
-            dt = _state_dtype(plan["params"][0])
-            fmax = torch.finfo(dt).max / 4
+            # per plan, cached until the state is replaced (load_state_dict, a copy): h's buffers and
+            # the largest value a statistic may reach (a quarter of the dtype's largest)
+            key = (id(group), *map(id, params))
+            cached = self._stat_plans.get(key)
+            if cached is None:
+                sts = [self.state.get(p) for p in params]
+                hs = [st["hess"] for st in sts if st and "hess" in st]
+                cached = (hs, torch.finfo(_state_dtype(params[0])).max / 4, len(hs) < len(params))
+                if not cached[2]:
+                    self._stat_plans[key] = cached
+            hs, fmax, some_new = cached
             ess, wd = float(group["ess"]), float(group["weight_decay"])
             b1, b2 = float(group["beta1"]), float(group["beta2"])
-            hs = [self.state[p]["hess"] for p in plan["params"] if p in self.state and "hess" in self.state[p]]
             # one reduction per tensor and one host sync: L2 norms bound the max-abs values from above
             # (and show NaN/inf). The extremes of h are read every 16th step; in between they are
             # carried forward as bounds (h + delta at least halves per step; h grows by at most dh).
-            key = (id(group), tuple(id(p) for p in plan["params"]))
             carried = self._h_bounds.get(key)
             exact = carried is None or carried[2] >= 16
-            # Price statistic of one sample (eps * g, formed in place): it carries g's NaN/inf and size
-            # (|eps| is never tiny for every draw), so g itself is not read again
-            price_only = group["hess_approx"] == "price" and bool(plan["hstats"]) and all(
-                h is w["noise"] for h, w in zip(plan["hstats"], plan["works"]))
-            grads_read = [] if price_only else plan["grads"]
-            norms = torch._foreach_norm(grads_read + plan["hstats"])
-            ext = [v for h in hs for v in torch.aminmax(h)] if exact else []
+            # Price statistic of one sample (eps * g, formed in place, plan["price_only"]): it carries g's
+            # NaN/inf and size (|eps| is never tiny for every draw), so g itself is not read again
+            hstats = plan["hstats"]
+            grads_read = [] if plan.get("price_only") else plan["grads"]
+            read = grads_read + hstats if grads_read else hstats
+            norms = torch._foreach_norm(read)
+            if exact:
+                norms = list(norms)
+                for h in hs:
+                    norms.extend(torch.aminmax(h))
             try:
-                vals = torch.stack(list(norms) + ext).tolist()
+                vals = torch.stack(norms).tolist()
             except RuntimeError:  # tensors of several dtypes or devices in one group
-                vals = [float(v) for v in list(norms) + ext]
-            ng, nn_ = len(grads_read), len(norms)
+                vals = [float(v) for v in norms]
+            ng, nn_ = len(grads_read), len(read)
             if not exact:
-                vals += [v for _ in hs for v in carried[:2]]
+                for _ in hs:
+                    vals += carried[:2]
             overflow = "gradient statistics so large that h or m would overflow their dtype"
-            if not all(math.isfinite(x) for x in vals[:nn_]):
-                if all(bool(torch.isfinite(t).all()) for t in grads_read + plan["hstats"]):
+            if not math.isfinite(sum(vals[:nn_])):
+                if all(bool(torch.isfinite(t).all()) for t in read):
                     return overflow  # finite entries whose squares overflow the norm
                 return "non-finite (NaN or inf) gradient"
             h0 = float(group["hess_init"])
-            hmin = min([h0] * (len(hs) < len(plan["params"])) + vals[nn_::2]) if hs else h0
-            hmax = max([h0] * (len(hs) < len(plan["params"])) + vals[nn_ + 1 :: 2]) if hs else h0
+            if hs:
+                hmin, hmax = min(vals[nn_::2]), max(vals[nn_ + 1 :: 2])
+                if some_new:  # parameters without state yet start at h0
+                    hmin, hmax = min(hmin, h0), max(hmax, h0)
+            else:
+                hmin = hmax = h0
             gmax = max(vals[:ng]) * scale if ng else 0.0
-            if plan["hstats"]:
+            if hstats:
                 smax = max(vals[ng:nn_])
             else:  # compiled path: eps * g is formed in the kernel; |eps| < 8 in practice
                 smax = 8.0 * gmax / scale
