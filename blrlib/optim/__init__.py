@@ -8,7 +8,10 @@
 * ``OGN``, ``VOGN`` (:mod:`blrlib.optim.vogn`), ``STE``, ``BayesBiNN``
   (:mod:`blrlib.optim.bayesbinn`), ``RuleSGD``, ``RuleRMSprop``
   (:mod:`blrlib.optim.teaching`) -- resolved on first access.
-* ``RuleOptimizer`` (:mod:`blrlib.optim._base`) -- what IVON, OGN/VOGN and STE/BayesBiNN share.
+* ``RuleOptimizer`` (:mod:`blrlib.optim._base`) -- what IVON, OGN/VOGN and STE/BayesBiNN share:
+  validated hyperparameters, checkpoints and copies, and the sampling protocol (``sampled_params``,
+  the noise hook, per-device generators, Monte Carlo folding, the GradScaler protocol, the
+  non-finite policy); each optimizer supplies only its estimator and its statistics.
 """
 
 from importlib import import_module
