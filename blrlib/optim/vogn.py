@@ -308,23 +308,15 @@ class OGN(RuleOptimizer):
         return super().sampled_params(False)
 
     def _write_sample_(self, train: bool) -> list:
+        # the saved means and the noise live only for the block (OGN/VOGN keep no work buffers)
         touched = []
         for group in self.param_groups:
             ps = self._sampled(group)
-            ws = []
-            for p in ps:
-                w = self._work.get(p)
-                if w is None or w["mean"].shape != p.shape or w["mean"].dtype != p.dtype:
-                    w = self._work[p] = {
-                        "mean": torch.empty_like(p, memory_format=torch.preserve_format),
-                        "noise": torch.empty(p.shape, dtype=_state_dtype(p), device=p.device),
-                    }
-                ws.append(w)
-            self._draw_noise_([w["noise"] for w in ws], group)
-            for p, w in zip(ps, ws):
-                w["mean"].copy_(p)
-                touched.append((p, w["mean"]))
-                p.add_((w["noise"] * self._precision(p, group).rsqrt()).to(p.dtype))
+            noises = [torch.empty(p.shape, dtype=_state_dtype(p), device=p.device) for p in ps]
+            self._draw_noise_(noises, group)
+            for p, eps in zip(ps, noises):
+                touched.append((p, p.detach().clone()))
+                p.add_((eps * self._precision(p, group).rsqrt()).to(p.dtype))
         return touched
 
     def _restore_(self, touched: list) -> None:
