@@ -262,6 +262,10 @@ def _resolve_short_reference(app, env, node, contnode):
     from sphinx.util.nodes import make_refnode
 
     target = node["reftarget"].lstrip("~.")
+    if not re.fullmatch(r"[\w.]+", target):
+        # napoleon reads "words: text" in an attribute's doc comment as a type named
+        # "words"; that is prose, not a reference
+        return contnode
     objects = env.get_domain("py").objects
     candidates = []
     module, cls = node.get("py:module"), node.get("py:class")
