@@ -245,8 +245,13 @@ def _executed_downloads(app, exception) -> None:
         notebook = nbformat.read(source, as_version=4)
         try:
             _, merged = cache.merge_match_into_notebook(notebook)
-        except KeyError:  # not in the cache: executed in this build, or not executed
-            continue
+        except KeyError:  # the source changed since it was read: myst-nb's copy, if executed
+            executed = Path(app.outdir).parent / "jupyter_execute" / f"{docname}.ipynb"
+            if not executed.is_file():
+                continue
+            merged = nbformat.read(executed, as_version=4)
+            if not any(c.get("outputs") for c in merged.cells if c.cell_type == "code"):
+                continue
         nbformat.write(merged, target)
         copied += 1
     logger.info(f"[blr_site] {copied} executed notebooks written to _sources/ (downloads)")

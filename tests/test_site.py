@@ -25,6 +25,7 @@ Two kinds of checks live here.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import html.parser
 import http.server
@@ -46,6 +47,7 @@ REPORT_DIR = HTML.parent / "site-test"
 API_PAGE = ROOT / "book" / "reference" / "api.md"
 
 WIDTHS = (1400, 400)
+BROWSERS = 2  # headless Chromium instances side by side
 MIN_FIGURE_RATIO = 0.85
 MIN_TEXT_PX = 10
 SCREENSHOT_PAGES = ("book/intro.html", "book/deep_learning/ivon.html",
@@ -390,13 +392,30 @@ def probes():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
-    driver = _chromium()
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     results = {}
+    pages = content_pages()
+    # two browsers side by side (the build is done by now, the cores are free); the
+    # largest pages first so that the two finish together
+    pages.sort(key=lambda p: -(HTML / p).stat().st_size)
+    shares = [pages[k::BROWSERS] for k in range(BROWSERS)]
     try:
-        # each page is loaded (and typeset) once, at the first width; the window is then
-        # narrowed and the same page measured again
-        for page in content_pages():
+        with concurrent.futures.ThreadPoolExecutor(BROWSERS) as pool:
+            for part in pool.map(lambda share: _probe_pages(base, share), shares):
+                results.update(part)
+    finally:
+        server.shutdown()
+    _write_summary(results)
+    return results
+
+
+def _probe_pages(base: str, pages: list[str]) -> dict:
+    """Probe ``pages`` in one browser: each is loaded (and typeset) once, at the first
+    width; the window is then narrowed and the same page measured again."""
+    results = {}
+    driver = _chromium()
+    try:
+        for page in pages:
             driver.set_window_size(WIDTHS[0], 1000)
             start = time.perf_counter()
             driver.get(base + page)
@@ -417,8 +436,6 @@ def probes():
                     _screenshot(driver, REPORT_DIR / name, res.get("height", 1000))
     finally:
         driver.quit()
-        server.shutdown()
-    _write_summary(results)
     return results
 
 
