@@ -143,4 +143,3 @@ def test_conjugate_loss_gradient_is_minus_prior_plus_likelihood(family):
     gradient = cj.conjugate_loss_gradient(prior, lik)
     for g, lam0, lam_lik in zip(gradient, prior.natural_params, lik):
         torch.testing.assert_close(g, -(lam0 + lam_lik), rtol=0, atol=0)
-    assert cj.conjugate_gradient is cj.conjugate_loss_gradient  # the old name still works

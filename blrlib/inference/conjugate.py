@@ -37,7 +37,6 @@ __all__ = [
     "poisson_likelihood",
     "linear_regression_likelihood",
     "conjugate_loss_gradient",
-    "conjugate_gradient",
     "conjugate_step",
     "stream",
     "bayesian_linear_regression",
@@ -106,11 +105,6 @@ def conjugate_loss_gradient(prior: ExponentialFamily, likelihood_natural) -> lis
             raise ValueError(f"Invalid likelihood_natural.{field}: shape {tuple(lik.shape)} (must be {tuple(lam0.shape)})")
         out.append(-(lam0 + lik))
     return out
-
-
-#: The former name of :func:`conjugate_loss_gradient` (kept so that old code keeps working; it is not the
-#: conjugate-gradient linear solver).
-conjugate_gradient = conjugate_loss_gradient
 
 
 def conjugate_step(prior: ExponentialFamily, likelihood_natural, *, start: ExponentialFamily | None = None,

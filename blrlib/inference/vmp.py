@@ -21,7 +21,7 @@ The same code runs a non-conjugate factor (Knowles & Minka, 2011): there the exp
 in the block's own :math:`\mu_j`, the gradient is evaluated at the current :math:`\mu_j`, and a step with
 :math:`\rho = 1` is a fixed-point iteration rather than an exact update. For Poisson regression with a
 log link, :func:`poisson_expected_loss` is the closed-form expected loss, :func:`poisson_log_link_message`
-the message and :func:`ncvmp_step` the rule's step.
+the message and :func:`poisson_ncvmp_step` the rule's step.
 
 Two models are provided, each as a function that returns the expected loss:
 
@@ -37,8 +37,7 @@ Two models are provided, each as a function that returns the expected loss:
 
 API: :func:`message`, :func:`vmp_sweep`, :func:`normal_expected_loss`, :class:`MixturePrior`,
 :func:`mixture_expected_loss`, :func:`mixture_elbo`, :func:`mixture_candidate`, :func:`run_vmp`,
-:func:`poisson_expected_loss`, :func:`poisson_log_link_message`, :func:`poisson_ncvmp_step` (alias
-:func:`ncvmp_step`).
+:func:`poisson_expected_loss`, :func:`poisson_log_link_message`, :func:`poisson_ncvmp_step`.
 
 Arguments are checked with :mod:`blrlib._validation` (``ValueError("Invalid <name>: ...")``).
 """
@@ -66,7 +65,6 @@ __all__ = [
     "poisson_expected_loss",
     "poisson_log_link_message",
     "poisson_ncvmp_step",
-    "ncvmp_step",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -412,4 +410,3 @@ def poisson_ncvmp_step(q, X: Any, y: Any, prior_precision: Any, rho: float = 1.0
     return blr_step(q, poisson_log_link_message(q, X, y, prior_precision, check=check), rho)
 
 
-ncvmp_step = poisson_ncvmp_step  # the chapter's first name, kept

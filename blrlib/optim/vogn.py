@@ -282,9 +282,6 @@ class OGN(RuleOptimizer):
         r""":math:`\sigma = 1/\sqrt{s}` for every parameter that requires a gradient (param-group order)."""
         return [s.rsqrt() for s in self.posterior_precision()]
 
-    #: the old name of :meth:`posterior_std` (kept as an alias)
-    posterior_stddev = posterior_std
-
     def rule_parameters(self) -> list:
         r"""Per group, the rule's :math:`\rho = 1-\beta_2`, :math:`N` (``ess``) and :math:`\delta`."""
         return [dict(rho=1.0 - float(g["beta2"]), ess=float(g["ess"]), prior_precision=float(g["prior_precision"]))
