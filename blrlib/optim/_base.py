@@ -82,7 +82,7 @@ class RuleOptimizer(Optimizer):
     #: attributes that are not tensors of the state but must survive a copy, with their defaults
     ENGINEERING_DEFAULTS: dict = {"generator": None, "skip_nonfinite": False, "skipped_steps": 0,
                                   "noise_fn": None, "_device_generators": None}
-    #: the base noise of a sample: ``"normal"`` (Gaussian candidates) or ``"uniform"`` (BayesBiNN)
+    #: the base noise of a sample, ``"normal"`` (Gaussian candidates) or ``"uniform"`` (BayesBiNN)
     NOISE: str = "normal"
     #: True: a train sample is folded into the sums when its block exits (its gradient is read there);
     #: False: lazily, when the next sample starts or ``zero_grad()`` is called, and ``step()`` reads the
