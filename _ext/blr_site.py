@@ -350,6 +350,9 @@ def _patch_glue_numpy_scalars() -> None:
 
 def setup(app):
     _patch_glue_numpy_scalars()
+    # MathJax on every page, not only on pages whose Markdown has math: notebook outputs
+    # (the live Table 1) carry formulas too
+    app.set_html_assets_policy("always")
     app.connect("autodoc-process-docstring", _docstring_fallback, priority=900)
     app.connect("missing-reference", _resolve_short_reference)
     app.connect("config-inited", _offline_math)

@@ -291,6 +291,16 @@ const done = arguments[arguments.length - 1];
     const m = t.match(/\$|\\\(|\\\)|\\\[|\\\]/);
     if (m) { out.stray.push(t.slice(Math.max(0, m.index - 40), m.index + 40).trim()); }
   }
+  // outputs that ask MathJax to typeset them (class mathjax_process): no TeX left either
+  for (const box of article.querySelectorAll('.cell_output .mathjax_process')) {
+    const w = document.createTreeWalker(box, NodeFilter.SHOW_TEXT, {acceptNode: (n) =>
+      n.parentElement.closest('mjx-container') ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT});
+    while (w.nextNode()) {
+      const t = w.currentNode.textContent;
+      const m = t.match(/\\\(|\\\[/);
+      if (m) { out.stray.push(t.slice(Math.max(0, m.index - 40), m.index + 40).trim()); }
+    }
+  }
   // open hidden code to measure it; closed again at the end (for the screenshots)
   const closed = [...document.querySelectorAll('details:not([open])')];
   const toggled = [...document.querySelectorAll('.toggle-hidden')];
