@@ -284,25 +284,20 @@ class Laplace:
                 if self.curvature == "gauss_newton":
                     curv = self._gauss_newton(q.mean, inputs, targets)
             gradient = torch.zeros_like(derivs.gradient) if assume_mode else derivs.gradient
-            self._check_positive_definite(q, curv, rho)
-            q = blr_step(q, q.gradient_wrt_expectation(gradient, curv), rho)
+            grad_mu = q.gradient_wrt_expectation(gradient, curv)
+            try:
+                q = blr_step(q, grad_mu, rho)  # refuses a precision that is not PD
+            except ValueError as err:
+                raise ValueError(self._not_positive_definite(curv)) from err
         self.posterior = q
         self.gradient_norm = float(torch.linalg.vector_norm(derivs.gradient))
         return self
 
-    def _check_positive_definite(self, q, curv, rho):
-        r"""Raise the ValueError of ``fit`` when the rule's new precision :math:`(1-\rho)S + \rho C` is not PD."""
-        new_precision = (1 - rho) * q.precision + rho * curv
-        if self.hessian == "full":
-            symmetric = 0.5 * (new_precision + new_precision.T)
-            if int(torch.linalg.cholesky_ex(symmetric).info) == 0:
-                return
-            smallest = float(torch.linalg.eigvalsh(0.5 * (curv + curv.T)).min())
-        else:
-            if bool((new_precision > 0).all()):
-                return
-            smallest = float(curv.min())
-        raise ValueError(
+    def _not_positive_definite(self, curv) -> str:
+        """The message of ``fit`` when the rule's step leaves the positive-definite cone."""
+        sym = 0.5 * (curv + curv.T) if self.hessian == "full" else curv
+        smallest = float(torch.linalg.eigvalsh(sym).min() if self.hessian == "full" else sym.min())
+        return (
             f"Invalid curvature at the weights: not positive definite (smallest eigenvalue {smallest:.4g}); "
             "the weights are not at a minimum of the regularised loss. Train further, raise "
             "prior_precision, use curvature='gauss_newton', or subset='last_layer'")
